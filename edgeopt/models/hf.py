@@ -1,0 +1,194 @@
+"""Hugging Face checkpoint folders: adopt as a source artifact, load as a module."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..artifact import Artifact, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing
+from ..errors import InputError
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{p}: unreadable JSON ({e}); restore the checkpoint's {p.name}") from e
+
+
+def infer_task(folder: Path, config: dict[str, Any]) -> str:
+    archs = config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "text-classification"
+    if any(a.endswith("ForImageClassification") for a in archs):
+        return "image-classification"
+    return "feature-extraction"
+
+
+def text_io(input_names: list[str], task: str, width: int) -> IOSpec:
+    out_name = "logits" if task == "text-classification" else "embeddings"
+    return IOSpec(
+        inputs=[TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"]) for n in input_names],
+        outputs=[TensorSpec(name=out_name, dtype="float32", shape=["batch", width])],
+        preprocessing=None,
+    )
+
+
+def adopt_hf_folder(folder: Path) -> Artifact:
+    """Describe a plain HF checkpoint folder (no manifest.json) as a source artifact."""
+    config = _read_json(folder / "config.json")
+    if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
+        raise InputError(f"{folder}: config.json but no model.safetensors or pytorch_model.bin; this is not a complete checkpoint")
+    task = infer_task(folder, config)
+    labels = None
+    model: dict[str, Any] = {"pooling": None}
+    if task in ("text-classification", "image-classification"):
+        id2label = config.get("id2label") or {}
+        labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+    if task == "image-classification":
+        pre = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+        size = pre.get("size", config.get("image_size", 224))
+        if isinstance(size, dict):
+            size = [size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge"))]
+        elif isinstance(size, int):
+            size = [size, size]
+        channels = int(config.get("num_channels", 3))
+        io = IOSpec(
+            inputs=[TensorSpec(name="pixel_values", dtype="float32", shape=["batch", channels, size[0], size[1]])],
+            outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", len(labels or [])])],
+            preprocessing=ImagePreprocessing(
+                size=list(size),
+                channels=channels,
+                mean=list(pre.get("image_mean", [0.5] * channels)),
+                std=list(pre.get("image_std", [0.5] * channels)),
+                scale=float(pre.get("rescale_factor", 1 / 255)),
+            ),
+        )
+    else:
+        tok_cfg = folder / "tokenizer_config.json"
+        if not (tok_cfg.is_file() or (folder / "tokenizer.json").is_file()):
+            raise InputError(f"{folder}: a text model without a tokenizer (tokenizer.json / tokenizer_config.json); save the tokenizer next to the weights")
+        names = ["input_ids", "attention_mask"]
+        if config.get("type_vocab_size", 0) and config.get("model_type") in ("bert", "xlm-roberta", "roberta", "electra", "mpnet"):
+            if config.get("model_type") == "bert" or int(config.get("type_vocab_size", 0)) > 1:
+                names.append("token_type_ids")
+        if task == "feature-extraction":
+            pool_cfg = folder / "1_Pooling" / "config.json"
+            if pool_cfg.is_file():
+                pc = _read_json(pool_cfg)
+                model["pooling"] = "mean" if pc.get("pooling_mode_mean_tokens") else "cls" if pc.get("pooling_mode_cls_token") else "mean"
+                modules = _read_json(folder / "modules.json") if (folder / "modules.json").is_file() else []
+                model["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
+            else:
+                model["pooling"] = "mean"
+                model["normalize"] = False
+            width = int(config.get("hidden_size", 0))
+        else:
+            width = len(labels or [])
+        io = text_io(names, task, width)
+        max_len = int(config.get("max_position_embeddings", 512))
+        io.preprocessing = TextPreprocessing(tokenizer=".", max_length=min(max_len, 512))
+    lineage = [LineageEntry(stage="source", config={"path": str(folder)})]
+    manifest = Manifest(format="hf", task=task, labels=labels, io=io, model=model, lineage=lineage)
+    return Artifact(folder, manifest)
+
+
+def _wrap(module, task: str, model_info: dict[str, Any], input_names: list[str]):
+    import torch
+
+    class TextClassifier(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, *inputs):
+            return self.model(**dict(zip(input_names, inputs))).logits
+
+    class Embedder(torch.nn.Module):
+        def __init__(self, m, pooling: str, normalize: bool):
+            super().__init__()
+            self.model, self.pooling, self.normalize = m, pooling, normalize
+
+        def forward(self, *inputs):
+            kw = dict(zip(input_names, inputs))
+            hidden = self.model(**kw).last_hidden_state
+            if self.pooling == "cls":
+                emb = hidden[:, 0]
+            else:
+                mask = kw["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.normalize:
+                emb = torch.nn.functional.normalize(emb, p=2.0, dim=-1)
+            return emb
+
+    class ImageClassifier(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).logits
+
+    if task == "text-classification":
+        return TextClassifier(module)
+    if task == "feature-extraction":
+        return Embedder(module, model_info.get("pooling") or "mean", bool(model_info.get("normalize")))
+    return ImageClassifier(module)
+
+
+def load_hf_module(artifact: Artifact, for_export: bool = False):
+    """Load the checkpoint with its task head and wrap it so forward takes the IO inputs in order.
+
+    ``for_export`` picks the eager attention implementation: its graph is the one
+    ONNX Runtime's transformer optimizer fuses into Attention kernels.
+    """
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    folder = artifact.path
+    m = artifact.manifest
+    auto = {
+        "text-classification": transformers.AutoModelForSequenceClassification,
+        "feature-extraction": transformers.AutoModel,
+        "image-classification": transformers.AutoModelForImageClassification,
+    }.get(m.task)
+    if auto is None:
+        raise InputError(f"{folder}: task '{m.task}' is not supported for Hugging Face models; use text-classification, feature-extraction or image-classification")
+    kwargs: dict[str, Any] = {}
+    if for_export:
+        kwargs["attn_implementation"] = "eager"
+    try:
+        if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+            model = auto.from_pretrained(folder, use_safetensors=True, **kwargs)
+        else:
+            # Only a pickled .bin: build from config and load with weights_only=True (no code execution).
+            config = transformers.AutoConfig.from_pretrained(folder, **kwargs)
+            model = auto.from_config(config, **kwargs)
+            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing:
+                raise InputError(f"{folder}/pytorch_model.bin lacks weights for {missing[:3]}...; the checkpoint does not match config.json")
+    except InputError:
+        raise
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{folder}: cannot load the checkpoint ({msg}); the weights file may be truncated or corrupted") from e
+    model.eval()
+    names = [t.name for t in m.io.inputs]
+    return _wrap(model, m.task, m.model, names).eval()
+
+
+def load_tokenizer(artifact: Artifact):
+    from transformers import AutoTokenizer
+
+    pre = artifact.manifest.io.preprocessing
+    assert isinstance(pre, TextPreprocessing)
+    path = (artifact.path / pre.tokenizer).resolve()
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise InputError(f"{path}: cannot load the tokenizer ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e

@@ -1,0 +1,186 @@
+"""PyTorch -> ONNX, graph-optimized, then checked against PyTorch on real inputs."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..artifact import Artifact, IOSpec, TensorSpec, TextPreprocessing, finalize, load_artifact, write_artifact
+from ..errors import ConfigError, StageError, ValidationError
+
+log = logging.getLogger("edgeopt.export")
+
+# HF model_type -> onnxruntime.transformers optimizer model_type
+FUSABLE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert", "mpnet": "bert", "vit": "vit"}
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom for the graph
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["export"] = "export"
+    opset: int = Field(17, ge=13, le=23)
+    batch_axis: bool = True
+    atol: float = Field(1e-4, gt=0)
+    rtol: float = Field(1e-3, ge=0)
+    optimize: bool = True  # ONNX Runtime transformer fusions / basic graph optimizations
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    check_data: Optional[str] = None  # dataset for the numeric check; built-in samples if unset
+    check_samples: int = Field(16, ge=1)
+
+
+def export(model: Artifact | str | Path, out: str | Path, config: Optional[ExportConfig] = None) -> Artifact:
+    import torch
+
+    from ..data import load_dataset
+    from ..metrics import numeric_agreement, predict, sample_dataset
+    from ..models import load_torch_model
+    from ..models.preprocess import Preprocessor
+    from ..runtime.onnxruntime import OrtRuntime
+    from ..runtime.torch import TorchRuntime
+
+    cfg = config or ExportConfig()
+    parent = model if isinstance(model, Artifact) else load_artifact(model)
+    pm = parent.manifest
+    if pm.format not in ("hf", "torch"):
+        raise ConfigError(f"{parent.path}: is already format '{pm.format}'; export takes an hf or torch artifact")
+    module = load_torch_model(parent, for_export=True)
+    pre = Preprocessor(parent)
+    kind = pre.kind
+    data = load_dataset(cfg.check_data, kind=kind).take(cfg.check_samples) if cfg.check_data else sample_dataset(parent, cfg.check_samples)
+
+    io = _onnx_io(pm.io, cfg.batch_axis)
+    in_names = [t.name for t in io.inputs]
+    out_names = [t.name for t in io.outputs]
+    example = pre(data.samples[:2] if cfg.batch_axis else data.samples[:1])
+    args = tuple(torch.from_numpy(example[n]) for n in in_names)
+
+    with write_artifact(out) as tmp:
+        raw = tmp / "raw.onnx"
+        _torch_export(module, args, raw, io, cfg)
+        onnx_file = tmp / "model.onnx"
+        optimization = _optimize(raw, onnx_file, parent, cfg) if cfg.optimize else _copy_model(raw, onnx_file)
+        for f in tmp.glob("raw.onnx*"):
+            f.unlink()
+        if isinstance(pm.io.preprocessing, TextPreprocessing):
+            pre._tokenizer.save_pretrained(tmp / "tokenizer")
+            io.preprocessing = TextPreprocessing(tokenizer="tokenizer", max_length=pm.io.preprocessing.max_length,
+                                                 padding=pm.io.preprocessing.padding)
+
+        # Numeric check: PyTorch vs ONNX Runtime on the same real inputs, batch 1 and batched.
+        ort_rt = OrtRuntime(onnx_file, output_names=out_names)
+        torch_rt = TorchRuntime(parent, module=module)
+        batch = 4 if cfg.batch_axis else 1
+        ref = predict(torch_rt, pre, data.samples, batch_size=batch)
+        got = predict(ort_rt, pre, data.samples, batch_size=batch)
+        record, failures = numeric_agreement(out_names, ref, got, cfg.atol, cfg.rtol)
+        if failures:
+            raise ValidationError(f"ONNX output disagrees with PyTorch on {len(data)} samples from {data.source}", failures)
+
+        manifest = pm.child(stage="export", config=cfg.model_dump(), format="onnx", io=io,
+                            model={"file": "model.onnx", "precision": "fp32", "opset": cfg.opset, "exporter": cfg.exporter,
+                                   "optimization": optimization, "external_data": (tmp / "model.onnx.data").exists()})
+        manifest.metrics = {
+            "numeric_check": {"samples": len(data), "data": data.source, "atol": cfg.atol, "rtol": cfg.rtol, "outputs": record},
+            "size_bytes": _size(tmp),
+            "parent_size_bytes": _param_bytes(module),
+            "params": int(sum(p.numel() for p in module.parameters())),
+        }
+        manifest = finalize(tmp, manifest)
+    return Artifact(Path(out).expanduser().resolve(), manifest)
+
+
+def _onnx_io(io: IOSpec, batch_axis: bool) -> IOSpec:
+    def fix(t: TensorSpec) -> TensorSpec:
+        shape = [(1 if (d == "batch" and not batch_axis) else d) for d in t.shape]
+        return TensorSpec(name=t.name, dtype=t.dtype, shape=shape)
+
+    return IOSpec(inputs=[fix(t) for t in io.inputs], outputs=[fix(t) for t in io.outputs], preprocessing=io.preprocessing)
+
+
+def _torch_export(module, args, path: Path, io: IOSpec, cfg: ExportConfig) -> None:
+    import torch
+
+    in_names = [t.name for t in io.inputs]
+    out_names = [t.name for t in io.outputs]
+    axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in [*io.inputs, *io.outputs]}
+    axes = {k: v for k, v in axes.items() if v}
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if cfg.exporter == "dynamo":
+                dims: dict[str, torch.export.Dim] = {}
+                shapes = {}
+                for t in io.inputs:
+                    shapes[t.name] = {i: dims.setdefault(d, torch.export.Dim(d)) for i, d in enumerate(t.shape) if isinstance(d, str)} or None
+                torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names,
+                                  dynamic_shapes=tuple(shapes[n] for n in in_names), opset_version=cfg.opset,
+                                  dynamo=True, external_data=_param_bytes(module) > EXTERNAL_DATA_BYTES, verbose=False)
+            else:
+                torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names,
+                                  dynamic_axes=axes, opset_version=cfg.opset, dynamo=False, do_constant_folding=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        alt = "dynamo" if cfg.exporter == "torchscript" else "torchscript"
+        raise StageError(f"torch.onnx.export failed ({msg[:300]}); try --exporter {alt} or another --opset") from e
+
+
+def _param_bytes(module) -> int:
+    return int(sum(p.numel() * p.element_size() for p in module.parameters()))
+
+
+def _size(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.rglob("*.onnx*") if f.is_file())
+
+
+def save_onnx(model, path: Path) -> None:
+    """Save a ModelProto, as external data when it would not fit protobuf's 2 GiB limit."""
+    import onnx
+
+    del model.graph.value_info[:]  # stale shapes after fusion break later shape inference (quantization)
+    if model.ByteSize() > EXTERNAL_DATA_BYTES or any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _copy_model(src: Path, dst: Path) -> dict:
+    import onnx
+
+    save_onnx(onnx.load(str(src)), dst)
+    return {"level": "none"}
+
+
+def _optimize(src: Path, dst: Path, parent: Artifact, cfg: ExportConfig) -> dict:
+    """Transformer fusions (Attention, SkipLayerNorm, BiasGelu...) where the architecture has them,
+    else ONNX Runtime's basic, hardware-independent graph rewrites."""
+    import json
+
+    hf_type = None
+    if parent.manifest.format == "hf":
+        hf_cfg = json.loads((parent.path / "config.json").read_text())
+        hf_type = hf_cfg.get("model_type")
+    if hf_type in FUSABLE:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        heads = int(hf_cfg.get("num_attention_heads", 0))
+        hidden = int(hf_cfg.get("hidden_size", hf_cfg.get("dim", 0)))
+        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+        opt = optimize_model(str(src), model_type=FUSABLE[hf_type], num_heads=heads, hidden_size=hidden, opt_level=0)
+        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        save_onnx(opt.model, dst)
+        return {"level": "transformer-fusion", "model_type": FUSABLE[hf_type], "fused_ops": fused}
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst.with_suffix(".basic.onnx"))
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    model = onnx.load(so.optimized_model_filepath)
+    Path(so.optimized_model_filepath).unlink()
+    save_onnx(model, dst)
+    return {"level": "basic"}
