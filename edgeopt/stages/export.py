@@ -140,6 +140,9 @@ def save_onnx(model, path: Path) -> None:
     import onnx
 
     del model.graph.value_info[:]  # stale shapes after fusion break later shape inference (quantization)
+    domains = {o.domain for o in model.opset_import}
+    for domain in {n.domain for n in model.graph.node} - domains - {"", "ai.onnx"}:
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     if model.ByteSize() > EXTERNAL_DATA_BYTES or any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)

@@ -1,0 +1,180 @@
+"""ONNX Runtime post-training quantization (dynamic, or static QDQ) with per-target formats,
+followed by an accuracy / fidelity check against the parent model."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..artifact import Artifact, finalize, load_artifact, write_artifact
+from ..errors import ConfigError, StageError, ValidationError
+
+log = logging.getLogger("edgeopt.quantize")
+
+
+class QuantizeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["quantize"] = "quantize"
+    ptq: Literal["dynamic", "static"] = "dynamic"
+    calib: Optional[str] = None  # dataset for static calibration
+    calib_samples: int = Field(128, ge=1)
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    target: Optional[str] = None  # None: the host's CPU target
+    eval_data: Optional[str] = None  # labelled data: accuracy; otherwise fidelity on calib/sample data
+    eval_samples: Optional[int] = Field(None, ge=1)
+    max_accuracy_drop: Optional[float] = Field(None, ge=0)  # in points; exceeded -> error
+
+    @model_validator(mode="after")
+    def _static_needs_calib(self):
+        if self.ptq == "static" and not self.calib:
+            raise ValueError("static quantization needs calibration data: give calib (e.g. --calib data/train.jsonl)")
+        return self
+
+
+def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConfig) -> Artifact:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    from ..data import load_dataset
+    from ..metrics import sample_dataset
+    from ..models.preprocess import Preprocessor
+    from ..targets import get_target
+
+    cfg = config
+    parent = model if isinstance(model, Artifact) else load_artifact(model)
+    pm = parent.manifest
+    if pm.format != "onnx":
+        raise ConfigError(f"{parent.path}: is format '{pm.format}'; ONNX Runtime PTQ takes an onnx artifact — run `edgeopt export` first")
+    if pm.model.get("precision") != "fp32":
+        raise ConfigError(f"{parent.path}: is already {pm.model.get('precision')}; quantize the fp32 export instead")
+    target = get_target(cfg.target)
+    if target.runtime == "tensorrt" and cfg.ptq == "dynamic":
+        raise ConfigError(f"target '{target.name}' runs TensorRT, which has no dynamic quantization; use --ptq static with --calib DATA")
+    q = target.quantization
+    per_channel = q.per_channel if q.per_channel is not None else cfg.per_channel
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    pre = Preprocessor(parent)
+    src = parent.path / pm.model["file"]
+    external = bool(pm.model.get("external_data"))
+    fmt_record = {
+        "mode": cfg.ptq, "target": target.name, "per_channel": per_channel, "reduce_range": target.reduce_range(),
+        "weight_type": q.weight_type, "weight_symmetric": q.weight_symmetric,
+        "activation_type": "uint8 (dynamic)" if cfg.ptq == "dynamic" else q.activation_type,
+        "activation_symmetric": q.activation_symmetric if cfg.ptq == "static" else False,
+    }
+    # Graphs holding fused contrib ops (Attention, SkipLayerNormalization...) have weights without
+    # inferred types; without DefaultTensorType quantization stops at "Unable to find data type".
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+    with write_artifact(out) as tmp:
+        dst = tmp / "model.onnx"
+        try:
+            prepped = tmp / "preprocessed.onnx"
+            _pre_process(src, prepped, external)
+            if cfg.ptq == "dynamic":
+                quantize_dynamic(prepped, dst, weight_type=qtype[q.weight_type], per_channel=per_channel,
+                                 reduce_range=target.reduce_range(), use_external_data_format=external,
+                                 extra_options={**extra, "WeightSymmetric": q.weight_symmetric})
+            else:
+                calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
+                fmt_record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
+                quantize_static(
+                    prepped, dst, _Reader(pre, calib.samples), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    reduce_range=target.reduce_range(), activation_type=qtype[q.activation_type],
+                    weight_type=qtype[q.weight_type], use_external_data_format=external,
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile}[cfg.method],
+                    extra_options={**extra, "ActivationSymmetric": q.activation_symmetric,
+                                   "WeightSymmetric": q.weight_symmetric},
+                )
+            for f in tmp.glob("preprocessed.onnx*"):
+                f.unlink()
+        except (ConfigError, StageError):
+            raise
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StageError(f"ONNX Runtime quantization failed ({msg[:300]})") from e
+        for f in tmp.glob("*.onnx_augment*"):
+            f.unlink()
+        _copy_preprocessing(parent, tmp)
+
+        manifest = pm.child(stage="quantize", config=cfg.model_dump(),
+                            model={**pm.model, "file": "model.onnx", "precision": "int8", "quantization": fmt_record})
+        child = Artifact(tmp, manifest)
+        manifest.metrics = _measure(parent, child, cfg, pre, sample_dataset)
+        manifest.metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))
+        manifest.metrics["parent_size_bytes"] = parent.manifest.metrics.get("size_bytes")
+        manifest = finalize(tmp, manifest)
+    return Artifact(Path(out).expanduser().resolve(), manifest)
+
+
+def _pre_process(src: Path, dst: Path, external: bool) -> None:
+    """ONNX Runtime's recommended pre-pass: shape inference and graph cleanup before quantizing."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    kw = dict(save_as_external_data=external, all_tensors_to_one_file=True, external_data_location=dst.name + ".data")
+    try:
+        quant_pre_process(str(src), str(dst), **kw)
+    except Exception as e:  # symbolic shape inference does not know every contrib op
+        log.info("quant_pre_process with symbolic shapes failed (%s); retrying without", e)
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **kw)
+
+
+class _Reader:
+    """CalibrationDataReader over preprocessed samples, one at a time (real, unpadded lengths)."""
+
+    def __init__(self, pre, samples):
+        from ..progress import progress
+
+        self.pre, self.samples, self.i = pre, samples, 0
+        self._bar = progress("calibrating", len(samples))
+        self._advance = self._bar.__enter__()
+
+    def get_next(self):
+        if self.i >= len(self.samples):
+            self._bar.__exit__(None, None, None)
+            return None
+        feeds = self.pre(self.samples[self.i : self.i + 1])
+        self.i += 1
+        self._advance(1)
+        return feeds
+
+    def rewind(self):
+        self.i = 0
+
+
+def _copy_preprocessing(parent: Artifact, tmp: Path) -> None:
+    import shutil
+
+    pre = parent.manifest.io.preprocessing
+    if pre is not None and getattr(pre, "tokenizer", None):
+        shutil.copytree(parent.path / pre.tokenizer, tmp / pre.tokenizer, dirs_exist_ok=True)
+
+
+def _measure(parent: Artifact, child: Artifact, cfg: QuantizeConfig, pre, sample_dataset) -> dict:
+    """Accuracy (labelled eval data) and fidelity (agreement with the fp32 parent)."""
+    from ..data import load_dataset
+    from ..metrics import predict, quality
+    from ..runtime import load_runtime
+
+    src = cfg.eval_data or cfg.calib
+    data = load_dataset(src, kind=pre.kind) if src else sample_dataset(parent, 32)
+    data = data.take(cfg.eval_samples)
+    ref = predict(load_runtime(parent), pre, data.samples, batch_size=8)[0]
+    got = predict(load_runtime(child), pre, data.samples, batch_size=8)[0]
+    labels = data.label_indices(parent.manifest.labels) if (data.labels is not None and parent.manifest.task.endswith("classification")) else None
+    q = quality(parent.manifest.task, got, labels, ref)
+    rec = {"eval": {"data": data.source, **q}}
+    if labels is not None:
+        base = quality(parent.manifest.task, ref, labels)["accuracy"]
+        rec["eval"]["parent_accuracy"] = base
+        drop = (base - q["accuracy"]) * 100
+        rec["eval"]["accuracy_drop_points"] = drop
+        if cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop:
+            raise ValidationError(
+                f"int8 accuracy {q['accuracy']:.4f} is {drop:.2f} points below fp32 {base:.4f} on {data.source} "
+                f"(limit {cfg.max_accuracy_drop}); try --ptq static with more --calib data, --method entropy or --per-channel")
+    return rec

@@ -1,0 +1,1 @@
+"""Examples shipped with edgeopt (importable as edgeopt._examples) so `edgeopt demo` runs after a plain install."""

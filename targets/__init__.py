@@ -1,0 +1,1 @@
+"""Target specs shipped with edgeopt (importable as edgeopt._targets)."""
