@@ -1,0 +1,1 @@
+"""Benchmarks: in-process latency/accuracy of artifacts, side by side."""

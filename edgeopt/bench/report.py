@@ -1,0 +1,98 @@
+"""Render a BenchReport: a terminal table, Markdown, JSON and a latency-vs-accuracy PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .core import BenchReport
+
+COLUMNS = ["artifact", "format", "precision", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s",
+           "speedup", "size MB", "peak RSS MB", "accuracy", "agreement"]
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def rows_as_text(report: BenchReport) -> list[list[str]]:
+    out = []
+    for r in report.rows:
+        agree = r.top1_agreement if r.top1_agreement is not None else r.cosine_mean
+        agree_s = "-" if agree is None else (_pct(agree) if r.top1_agreement is not None else f"cos {agree:.4f}")
+        out.append([r.artifact, r.format, r.precision, str(r.batch_size), str(r.seq_len or "-"), f"{r.p50_ms:.2f}",
+                    f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput:.1f}",
+                    "-" if r.speedup is None else f"{r.speedup:.2f}x", f"{r.size_mb:.1f}", f"{r.peak_rss_mb:.0f}",
+                    _pct(r.accuracy), agree_s])
+    return out
+
+
+def rich_table(report: BenchReport, title: str = "edgeopt bench"):
+    from rich.table import Table
+
+    t = Table(title=f"{title} — data: {report.data}, threads: {report.threads or 'default'}")
+    for c in COLUMNS:
+        t.add_column(c, justify="left" if c in ("artifact", "format", "precision") else "right")
+    for row in rows_as_text(report):
+        t.add_row(*row)
+    return t
+
+
+def markdown(report: BenchReport, title: str = "edgeopt bench") -> str:
+    m = report.machine
+    lines = [f"# {title}", "",
+             f"Machine: {m.get('cpu')} ({m.get('cores')} cores), Python {m.get('python')}, "
+             f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch', '-')}",
+             f"Data: {report.data}; threads: {report.threads or 'default'}; seq_len: {report.config.seq_len}; "
+             f"runs: {report.config.runs} after {report.config.warmup} warm-up", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows_as_text(report)]
+    lines += ["", "Speedup is the first artifact's p50 over this one's at the same batch size. "
+              "Agreement is top-1 agreement (classifiers) or mean cosine (embeddings) with the first artifact."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: BenchReport, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    use_acc = any(r.accuracy is not None for r in report.rows)
+    for bs in sorted({r.batch_size for r in report.rows}):
+        rows = [r for r in report.rows if r.batch_size == bs]
+        ys = [((r.accuracy if use_acc else (r.top1_agreement or r.cosine_mean or 1.0)) or 0) * 100 for r in rows]
+        ax.scatter([r.p50_ms for r in rows], ys, label=f"batch {bs}", s=60)
+        for r, y in zip(rows, ys):
+            ax.annotate(r.artifact, (r.p50_ms, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency (ms, log scale)")
+    ax.set_ylabel("accuracy (%)" if use_acc else "agreement with first artifact (%)")
+    ax.set_title(f"latency vs {'accuracy' if use_acc else 'fidelity'} — {report.data}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(report: BenchReport, json_path: Optional[Path] = None, md_path: Optional[Path] = None,
+                  title: str = "edgeopt bench") -> dict[str, Path]:
+    """Write the JSON and/or Markdown report; the PNG plot goes next to the Markdown report."""
+    written = {}
+    if json_path:
+        json_path = Path(json_path)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(report.model_dump_json(indent=2))
+        written["json"] = json_path
+    if md_path:
+        md_path = Path(md_path)
+        md_path.parent.mkdir(parents=True, exist_ok=True)
+        png = plot(report, md_path.with_suffix(".png"))
+        md_path.write_text(markdown(report, title) + f"\n![latency vs accuracy]({png.name})\n")
+        written["report"] = md_path
+        written["plot"] = png
+    return written
