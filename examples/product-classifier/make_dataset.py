@@ -147,7 +147,7 @@ CATEGORIES["electronics"] = {
                     "Pro edition", "Lite edition"],
     },
     "templates": [
-        "{brand} {product} ({color}): {d1}, {d2} and {d3}. Backed by {feature}, ideal for {use}.",
+        "{brand} {product} ({color}): {d1}, {d2} and {d3}. Also features {feature}, ideal for {use}.",
         "{brand} {product} in {color} - {d1}, {d2}.",
         "{brand} {product} ({version}) - {d1}, {d2}, {feature}.",
         "{Product} by {brand}: {d1}. Also features {feature}. Ideal for {use}.",
@@ -189,15 +189,15 @@ CATEGORIES["clothing"] = {
                                  "water-repellent shell", "zip hand pockets"]),
         ("{aud} wool-blend coat", ["single-breasted design", "notch lapels",
                                    "fully lined", "knee length"]),
-        ("{aud} cable-knit jumper", ["chunky cable pattern", "relaxed fit",
+        ("{aud} cable-knit jumper", ["chunky cable pattern", "dropped shoulders",
                                      "ribbed trims", "sizes S to XL"]),
         ("women's button-up cardigan", ["cropped length", "pearl-effect buttons",
                                         "soft brushed knit", "sizes 6 to 20"]),
         ("men's polo shirt", ["two-button placket", "piqué knit",
                               "ribbed collar", "sizes S to 3XL"]),
         ("men's oxford shirt", ["button-down collar", "chest pocket",
-                                "regular fit", "collar sizes 14.5 to 18"]),
-        ("{aud} linen shirt", ["breathable for summer", "relaxed fit",
+                                "easy-iron cotton", "collar sizes 14.5 to 18"]),
+        ("{aud} linen shirt", ["breathable for summer", "garment-dyed",
                                "curved hem", "mother-of-pearl buttons"]),
         ("women's wrap midi dress", ["tie waist", "flutter sleeves",
                                      "V-neckline", "sizes 6 to 18"]),
@@ -247,11 +247,11 @@ CATEGORIES["clothing"] = {
                      "bamboo viscose", "cashmere blend", "cotton-modal jersey",
                      "heavyweight cotton", "Tencel lyocell"],
         "fit": ["slim fit", "relaxed fit", "regular fit", "oversized fit", "tailored fit"],
-        "use": ["everyday wear", "the office", "weekends", "layering in autumn",
-                "travel", "casual Fridays", "cold winter days", "summer holidays"],
+        "use": ["everyday wear", "the office", "weekends", "travel", "casual Fridays",
+                "lounging at home", "all-day comfort"],
     },
     "templates": [
-        "{brand} {product} in {color}. Made from {material} in a {fit}: {d1}, {d2}, {d3}. {Feature}.",
+        "{brand} {product} in {color}. Made from {material}, {fit}: {d1}, {d2}, {d3}. {Feature}.",
         "{brand} {product} in {color}, made from {material}. {D1}, {d2}.",
         "{Product} by {brand} - {fit}, {material}, {d1}.",
         "{brand} {product}: {d1}, {d2}. Colour: {color}. {Feature}.",
@@ -466,7 +466,7 @@ CATEGORIES["beauty"] = {
         "Clean beauty: {brand} {product}, {feature} and {feature2}, {d1}.",
         "{Product} from {brand}: {d1}. Great for {use}.",
         "{brand} {product} - {feature}, {d1}, {d2}.",
-        "Add the {brand} {product} to {use}: {d1}, {feature}.",
+        "Add the {brand} {product} to your routine: {d1}, {feature}.",
         "{brand} {product}. {D1}. {D2}. {Feature}.",
         "{Product} by {brand}, made for {skin}: {d1}, {feature}.",
     ],
@@ -659,8 +659,7 @@ CATEGORIES["toys_games"] = {
     "slots": {
         "age": ["ages 3+", "ages 6+", "ages 8+", "ages 10+", "ages 12+",
                 "18 months and up", "ages 4 to 8", "ages 5+"],
-        "occasion": ["birthdays", "rainy days", "family game night", "Christmas",
-                     "sleepovers", "classroom play", "long car journeys"],
+        "occasion": ["birthdays", "Christmas", "rainy days", "holiday gifting", "playdates"],
     },
     "templates": [
         "{brand} {product} for {age}: {d1}, {d2} and {d3}. {Feature} - a great pick for {occasion}.",
@@ -880,8 +879,8 @@ CATEGORIES["grocery"] = {
         ("red split lentils", ["2kg bag", "quick-cooking", "ideal for dal and soups",
                                "rich in plant protein"]),
     ],
-    "features": ["organic", "gluten-free", "non-GMO", "Fairtrade certified", "vegan",
-                 "preservative-free", "sustainably sourced", "vegetarian"],
+    "features": ["organic", "non-GMO", "preservative-free", "sustainably sourced",
+                 "vegetarian", "family-sized"],
     "slots": {
         "meal": ["breakfast", "quick weeknight dinners", "snacking", "baking",
                  "lunchboxes", "entertaining", "healthy cooking", "the store cupboard"],
@@ -1078,9 +1077,8 @@ CATEGORIES["pet_supplies"] = {
         ("stainless steel pet bowls, set of 2", ["non-slip silicone base",
                                                  "dishwasher safe", "750ml each", "rust-resistant"]),
     ],
-    "features": ["vet recommended", "made with natural ingredients", "suitable for all breeds",
-                 "tested for pet safety", "a satisfaction guarantee",
-                 "recyclable packaging", "loved by pets and owners", "easy to clean"],
+    "features": ["vet recommended", "loved by pets and owners", "tested for pet safety",
+                 "backed by a satisfaction guarantee", "recyclable packaging", "great value"],
     "slots": {
         "pet": ["dogs", "puppies", "cats", "kittens", "small breeds", "large breeds",
                 "senior pets", "multi-pet households"],
@@ -1111,6 +1109,14 @@ CATEGORIES["pet_supplies"] = {
         "{brand} freeze-dried salmon bites, single-ingredient snack with no additives, 100g pouch.",
     ],
 }
+
+# Shared feature lists for product-specific overrides.
+PLANT_STAPLE = ["organic", "gluten-free", "vegan", "non-GMO", "sustainably sourced"]
+ETHICAL_CROP = ["organic", "Fairtrade certified", "sustainably sourced", "vegan"]
+PET_FOOD = ["vet recommended", "made with natural ingredients", "complete and balanced nutrition",
+            "no artificial colours", "loved by pets and owners", "recyclable packaging"]
+PET_HOUSING = ["easy to clean", "vet recommended", "loved by pets and owners",
+               "backed by a satisfaction guarantee", "tested for pet safety"]
 
 # Per-product slot overrides, so that e.g. a kayak paddle is not sold "for the
 # gym" or stacking rings "for ages 12+".  Keys are substrings of a product type;
@@ -1155,14 +1161,20 @@ OVERRIDES = {
                   "fit": ["slim fit", "straight leg", "relaxed fit", "skinny fit"]},
         "chino": {"material": ["stretch cotton twill", "organic cotton twill"]},
         "denim jacket": {"material": ["rigid denim", "organic cotton denim"]},
-        "puffer": {"material": ["recycled polyester", "ripstop nylon"],
+        "puffer": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
+                   "material": ["recycled polyester", "ripstop nylon"],
                    "fit": ["regular fit", "boxy fit", "longline fit"]},
-        "coat": {"material": ["wool blend", "recycled wool blend", "cotton gabardine"]},
-        "cable-knit": {"material": ["merino wool", "lambswool", "cotton", "cashmere blend"]},
-        "cardigan": {"material": ["merino wool", "cotton", "cashmere blend"]},
+        "coat": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
+                 "material": ["wool blend", "recycled wool blend", "cotton gabardine"]},
+        "cable-knit": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
+                       "material": ["merino wool", "lambswool", "cotton", "cashmere blend"],
+                       "fit": ["relaxed fit", "regular fit", "oversized fit"]},
+        "cardigan": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
+                     "material": ["merino wool", "cotton", "cashmere blend"]},
         "men's polo": {"material": ["cotton piqué", "organic cotton"]},
         "oxford": {"material": ["cotton oxford cloth", "organic cotton"]},
-        "linen shirt": {"material": ["pure linen", "linen-cotton blend"]},
+        "linen shirt": {"use": ["summer holidays", "warm days", "weekends"],
+                        "material": ["pure linen", "linen-cotton blend"]},
         "dress": {"material": ["viscose crepe", "Tencel lyocell", "recycled polyester"],
                   "fit": ["regular fit", "relaxed fit"]},
         "skirt": {"material": ["recycled polyester", "viscose crepe"], "fit": ["regular fit"]},
@@ -1175,9 +1187,11 @@ OVERRIDES = {
                 "fit": ["supportive fit", "soft fit"]},
         "blazer": {"material": ["stretch crepe", "wool blend", "linen blend"],
                    "fit": ["tailored fit", "relaxed fit"]},
-        "beanie": {"material": ["merino wool", "recycled acrylic", "cashmere blend"],
+        "beanie": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
+                   "material": ["merino wool", "recycled acrylic", "cashmere blend"],
                    "fit": ["one-size fit", "slouchy fit"]},
-        "scarf": {"material": ["merino wool", "lambswool", "cashmere blend"],
+        "scarf": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
+                  "material": ["merino wool", "lambswool", "cashmere blend"],
                   "fit": ["generous oversized cut", "classic cut"]},
         "sneakers": {"material": ["canvas", "organic cotton canvas"],
                      "fit": ["true-to-size fit", "wide fit"]},
@@ -1187,7 +1201,8 @@ OVERRIDES = {
                     "fit": ["true-to-size fit", "adjustable fit"]},
         "cargo": {"material": ["cotton ripstop", "organic cotton twill"]},
         "swim": {"material": ["recycled polyester", "quick-dry nylon"], "use": ["summer holidays", "the beach", "pool days"]},
-        "gilet": {"material": ["recycled polyester fleece", "polar fleece"]},
+        "gilet": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
+                  "material": ["recycled polyester fleece", "polar fleece"]},
         "corduroy": {"material": ["cotton corduroy"]},
         "school uniform": {"material": ["polycotton", "cotton-rich piqué"], "fit": ["regular fit"],
                            "use": ["school days", "the new school year"]},
@@ -1200,7 +1215,8 @@ OVERRIDES = {
         "glasses": {"color": ["clear"]},
         "mixing bowls": {"color": ["brushed steel", "copper-finish", "matte black"]},
         "spice rack": {"color": ["natural", "chrome", "matte black"]},
-        "baskets": {"color": ["natural", "grey-washed", "black"]},
+        "baskets": {"color": ["natural", "grey-washed", "black"],
+                    "use": ["tidy shelves", "kids' rooms", "small apartments"]},
         "towel": {"use": ["guest bathrooms", "family bathrooms", "spa-like evenings"]},
         "sheet": {"use": ["guest bedrooms", "master bedrooms", "a better night's sleep"]},
         "duvet": {"use": ["guest bedrooms", "master bedrooms", "a cosy bedroom refresh"]},
@@ -1229,6 +1245,7 @@ OVERRIDES = {
         "brush set": {"skin": ["beginners", "makeup artists", "all skin types"]},
         "beard": {"skin": ["short and long beards", "coarse beards"]},
         "parfum": {"skin": ["evening wear", "everyday wear", "special occasions"]},
+        "under-eye": {"skin": ["tired eyes", "all skin types", "puffy mornings"]},
         "deodorant": {"skin": ["sensitive underarms", "everyday wear"]},
     },
     "sports_outdoors": {
@@ -1265,10 +1282,14 @@ OVERRIDES = {
     },
     "toys_games": {
         "brick": {"age": ["ages 6+", "ages 7+", "ages 8+"]},
-        "jigsaw": {"age": ["ages 12+", "adults and teens"]},
-        "strategy board game": {"age": ["ages 10+", "ages 12+"]},
-        "party card game": {"age": ["ages 14+", "ages 17+", "ages 12+"]},
-        "cooperative": {"age": ["ages 8+", "ages 10+"]},
+        "jigsaw": {"occasion": ["family game night", "rainy days", "Christmas", "birthdays"],
+                   "age": ["ages 12+", "adults and teens"]},
+        "strategy board game": {"occasion": ["family game night", "rainy days", "Christmas", "birthdays"],
+                                "age": ["ages 10+", "ages 12+"]},
+        "party card game": {"occasion": ["game night", "parties", "Christmas", "birthdays"],
+                            "age": ["ages 14+", "ages 17+", "ages 12+"]},
+        "cooperative": {"occasion": ["family game night", "rainy days", "Christmas", "birthdays"],
+                        "age": ["ages 8+", "ages 10+"]},
         "teddy": {"age": ["from birth", "ages 0+", "ages 3+"]},
         "doll's house": {"age": ["ages 3+", "ages 4+"]},
         "fashion doll": {"age": ["ages 3+", "ages 4 to 8"]},
@@ -1286,76 +1307,97 @@ OVERRIDES = {
         "stacking": {"age": ["6 months and up", "babies and toddlers"]},
         "keyboard": {"age": ["ages 3+", "ages 4+"]},
         "dinosaur": {"age": ["ages 3+", "ages 4+"]},
-        "cube": {"age": ["ages 8+", "ages 6+"]},
+        "cube": {"occasion": ["family game night", "rainy days", "Christmas", "birthdays"],
+                 "age": ["ages 8+", "ages 6+"]},
         "tea party": {"age": ["ages 2+", "ages 3+"]},
         "tool bench": {"age": ["ages 2+", "ages 3+"]},
-        "chess": {"age": ["ages 6+", "ages 8+"]},
+        "chess": {"occasion": ["family game night", "rainy days", "Christmas", "birthdays"],
+                  "age": ["ages 6+", "ages 8+"]},
         "globe": {"age": ["ages 5+", "ages 6+"]},
         "costume": {"age": ["ages 3 to 6"]},
         "bath": {"age": ["ages 1+", "12 months and up"]},
         "floor puzzle": {"age": ["ages 3+", "ages 4+"]},
     },
+    "books": {
+        "picture book": {"pages": ["32", "40"], "format": ["paperback", "hardcover"],
+                         "reader": ["young readers", "bedtime stories", "reading aloud"]},
+        "early chapter": {"pages": ["96", "112", "128"], "reader": ["young readers", "newly independent readers"]},
+        "board book": {"pages": ["12", "16", "24"], "format": ["board book"],
+                       "reader": ["babies and toddlers", "little hands"]},
+        "colouring": {"pages": ["96", "112", "128"], "format": ["paperback"],
+                      "reader": ["mindful evenings", "unwinding after work"]},
+        "poetry": {"pages": ["80", "96", "112", "128"]},
+        "field guide": {"pages": ["256", "320", "384"], "format": ["paperback", "flexibound edition"],
+                        "reader": ["birdwatchers", "nature lovers", "walkers"]},
+        "travel guide": {"reader": ["independent travellers", "first-time visitors", "road trippers"]},
+        "workbook": {"reader": ["beginners", "self-study learners", "students"]},
+        "textbook": {"pages": ["448", "512", "640"], "reader": ["beginners", "students", "self-taught developers"]},
+        "young adult": {"reader": ["young adult readers", "teens", "fans of twisty plots"]},
+        "boxed set": {"pages": ["2,400", "3,100"], "format": ["boxed set"]},
+        "gardening": {"reader": ["gardeners", "allotment owners", "beginners"]},
+        "business": {"reader": ["founders", "managers", "curious minds"]},
+    },
     "grocery": {
-        "olive oil": {"meal": ["healthy cooking", "salad dressings", "drizzling"]},
-        "rice": {"meal": ["quick weeknight dinners", "curry nights", "the store cupboard"]},
-        "coffee": {"meal": ["breakfast", "morning cafetières", "home espresso"]},
-        "tea": {"meal": ["breakfast", "afternoon tea", "everyday drinking"]},
-        "chocolate": {"meal": ["snacking", "baking", "an after-dinner treat"]},
+        "olive oil": {"features": PLANT_STAPLE, "meal": ["healthy cooking", "salad dressings", "drizzling"]},
+        "rice": {"features": PLANT_STAPLE, "meal": ["quick weeknight dinners", "curry nights", "the store cupboard"]},
+        "coffee": {"features": ETHICAL_CROP, "meal": ["breakfast", "morning cafetières", "home espresso"]},
+        "tea": {"features": ETHICAL_CROP, "meal": ["breakfast", "afternoon tea", "everyday drinking"]},
+        "chocolate": {"features": ETHICAL_CROP, "meal": ["snacking", "baking", "an after-dinner treat"]},
         "granola": {"meal": ["breakfast", "yoghurt bowls", "snacking"]},
         "oats": {"meal": ["breakfast", "baking", "overnight oats"]},
-        "peanut butter": {"meal": ["breakfast", "lunchboxes", "snacking"]},
-        "honey": {"meal": ["breakfast", "baking", "teas and dressings"]},
+        "peanut butter": {"features": PLANT_STAPLE, "meal": ["breakfast", "lunchboxes", "snacking"]},
+        "honey": {"features": ["raw", "unfiltered", "sustainably sourced", "single-origin"], "meal": ["breakfast", "baking", "teas and dressings"]},
         "spaghetti": {"meal": ["quick weeknight dinners", "family meals"]},
-        "passata": {"meal": ["pasta sauces", "quick weeknight dinners", "the store cupboard"]},
-        "chickpeas": {"meal": ["salads", "curries", "the store cupboard"]},
-        "almond milk": {"meal": ["breakfast", "coffee", "smoothies"]},
+        "passata": {"features": PLANT_STAPLE, "meal": ["pasta sauces", "quick weeknight dinners", "the store cupboard"]},
+        "chickpeas": {"features": PLANT_STAPLE, "meal": ["salads", "curries", "the store cupboard"]},
+        "almond milk": {"features": PLANT_STAPLE, "meal": ["breakfast", "coffee", "smoothies"]},
         "salt": {"meal": ["everyday cooking", "baking"]},
         "peppercorns": {"meal": ["everyday cooking", "the spice rack"]},
         "maple": {"meal": ["pancake mornings", "baking", "breakfast"]},
-        "nuts": {"meal": ["snacking", "lunchboxes", "entertaining"]},
-        "mango": {"meal": ["snacking", "lunchboxes", "trail mix"]},
+        "nuts": {"features": PLANT_STAPLE, "meal": ["snacking", "lunchboxes", "entertaining"]},
+        "mango": {"features": PLANT_STAPLE, "meal": ["snacking", "lunchboxes", "trail mix"]},
         "crackers": {"meal": ["cheese boards", "entertaining", "snacking"]},
         "hot sauce": {"meal": ["tacos", "marinades", "spicing up any meal"]},
         "soy sauce": {"meal": ["stir-fries", "marinades", "sushi nights"]},
-        "coconut water": {"meal": ["hydration", "smoothies", "post-workout drinks"]},
+        "coconut water": {"features": PLANT_STAPLE, "meal": ["hydration", "smoothies", "post-workout drinks"]},
         "sparkling": {"meal": ["hydration", "lunchboxes", "mixers"]},
         "cereal": {"meal": ["breakfast", "quick breakfasts"]},
         "jam": {"meal": ["breakfast", "baking", "afternoon tea"]},
         "ramen": {"meal": ["quick lunches", "late-night snacks"]},
-        "popcorn": {"meal": ["movie nights", "snacking"]},
+        "popcorn": {"features": PLANT_STAPLE, "meal": ["movie nights", "snacking"]},
         "chai": {"meal": ["cosy afternoons", "café-style drinks at home"]},
         "harissa": {"meal": ["marinades", "roasting vegetables", "quick weeknight dinners"]},
-        "lentils": {"meal": ["soups and dal", "healthy cooking", "the store cupboard"]},
+        "lentils": {"features": PLANT_STAPLE, "meal": ["soups and dal", "healthy cooking", "the store cupboard"]},
     },
     "pet_supplies": {
-        "dog food": {"pet": ["adult dogs", "large breeds", "small breeds"]},
-        "cat food": {"pet": ["adult cats", "indoor cats", "senior cats"]},
-        "puppy food": {"pet": ["puppies", "growing puppies"]},
+        "dog food": {"features": PET_FOOD, "pet": ["adult dogs", "large breeds", "small breeds"]},
+        "cat food": {"features": PET_FOOD, "pet": ["adult cats", "indoor cats", "senior cats"]},
+        "puppy food": {"features": PET_FOOD, "pet": ["puppies", "growing puppies"]},
         "chew toy": {"pet": ["dogs", "puppies", "power chewers"]},
         "scratching": {"pet": ["cats", "kittens"]},
-        "litter": {"pet": ["cats", "kittens", "multi-cat households"]},
-        "dog bed": {"pet": ["dogs", "senior dogs", "large breeds"]},
+        "litter": {"features": PET_HOUSING, "pet": ["cats", "kittens", "multi-cat households"]},
+        "dog bed": {"features": PET_HOUSING, "pet": ["dogs", "senior dogs", "large breeds"]},
         "lead": {"pet": ["dogs", "puppies"]},
         "harness": {"pet": ["dogs", "puppies", "strong pullers"]},
         "collar": {"pet": ["dogs", "puppies"]},
-        "carrier": {"pet": ["cats", "small dogs", "kittens"]},
+        "carrier": {"features": PET_HOUSING, "pet": ["cats", "small dogs", "kittens"]},
         "aquarium": {"pet": ["tropical fish", "freshwater aquariums"]},
-        "fish": {"pet": ["tropical fish", "community tanks"]},
-        "bird cage": {"pet": ["budgies", "canaries", "small birds"]},
-        "bird seed": {"pet": ["garden birds", "finches and sparrows"]},
-        "hamster": {"pet": ["hamsters", "gerbils"]},
+        "fish": {"features": PET_FOOD, "pet": ["tropical fish", "community tanks"]},
+        "bird cage": {"features": PET_HOUSING, "pet": ["budgies", "canaries", "small birds"]},
+        "bird seed": {"features": PET_FOOD, "pet": ["garden birds", "finches and sparrows"]},
+        "hamster": {"features": PET_HOUSING, "pet": ["hamsters", "gerbils"]},
         "small animal": {"pet": ["rabbits", "guinea pigs", "small animals"]},
         "flea": {"pet": ["dogs", "medium-sized dogs"]},
-        "dental": {"pet": ["dogs", "adult dogs"]},
-        "fountain": {"pet": ["cats", "small dogs", "multi-pet households"]},
+        "dental": {"features": PET_FOOD, "pet": ["dogs", "adult dogs"]},
+        "fountain": {"features": PET_HOUSING, "pet": ["cats", "small dogs", "multi-pet households"]},
         "training pads": {"pet": ["puppies", "senior dogs"]},
-        "cat tree": {"pet": ["cats", "kittens", "multi-cat households"]},
+        "cat tree": {"features": PET_HOUSING, "pet": ["cats", "kittens", "multi-cat households"]},
         "poop bags": {"pet": ["dogs", "puppies"]},
         "grooming": {"pet": ["dogs", "cats", "long-haired breeds"]},
         "reptile": {"pet": ["bearded dragons", "tortoises", "reptiles"]},
         "cat wand": {"pet": ["cats", "kittens", "indoor cats"]},
-        "jerky": {"pet": ["dogs", "puppies over 12 weeks"]},
-        "bowls": {"pet": ["dogs", "cats", "multi-pet households"]},
+        "jerky": {"features": PET_FOOD, "pet": ["dogs", "puppies over 12 weeks"]},
+        "bowls": {"features": PET_HOUSING, "pet": ["dogs", "cats", "multi-pet households"]},
     },
 }
 
@@ -1368,7 +1410,7 @@ TITLE_NOUN = ["Garden", "Harbour", "Orchard", "Lighthouse", "River", "Kingdom", 
               "Mountain", "Island", "Daughter", "Library", "Compass", "Clockmaker", "Tide",
               "Summer", "Forest", "Crown", "Atlas", "Bridge", "Wolves"]
 TITLE_PATTERNS = ["The {adj} {noun}", "{adj} {noun}", "The {noun} of {place}",
-                  "A {adj} {noun}", "The {noun}'s Promise", "Beyond the {adj} {noun}",
+                  "One {adj} {noun}", "The {noun}'s Promise", "Beyond the {adj} {noun}",
                   "When the {noun} Falls", "The {adj} Hour"]
 PLACES = ["Ashwick", "Larkmoor", "Venice", "Kestrel Bay", "Eldermere", "Brightwater",
           "the North", "Saltcombe", "Marrowgate", "Ravenhill"]
@@ -1404,7 +1446,7 @@ def fill_template(rng, cat, template):
     if "{aud}" in name:
         name = name.replace("{aud}", rng.choice(spec["slots"]["aud"]))
     d1, d2, d3 = rng.sample(details, 3)
-    f1, f2 = rng.sample(spec["features"], 2)
+    f1, f2 = rng.sample(overrides.get("features", spec["features"]), 2)
     values = {
         "brand": rng.choice(spec["brands"]),
         "product": name,
@@ -1417,7 +1459,9 @@ def fill_template(rng, cat, template):
     if cat == "books":
         values["title"] = book_title(rng)
         values["author"] = f"{rng.choice(AUTHOR_FIRST)} {rng.choice(AUTHOR_LAST)}"
-    for field in {f for _, f, _, _ in FORMATTER.parse(template) if f}:
+    # dict.fromkeys keeps first-seen order (a set would make the draw order, and
+    # so the output, depend on PYTHONHASHSEED).
+    for field in dict.fromkeys(f for _, f, _, _ in FORMATTER.parse(template) if f):
         key = field.lower()
         if key not in values:
             values[key] = rng.choice(overrides.get(key, spec["slots"][key]))
@@ -1425,12 +1469,13 @@ def fill_template(rng, cat, template):
             values[field] = _cap(values[key])
     text = template.format(**values)
     text = re.sub(r"\s+", " ", text).strip()
+    text = text.replace("..", ".")  # brand names such as "Wren & Co." at a sentence end
     return _cap(text)
 
 
 def fill_ambiguous(rng, cat, template):
     spec = CATEGORIES[cat]
-    return _cap(template.format(brand=rng.choice(spec["brands"])))
+    return _cap(template.format(brand=rng.choice(spec["brands"])).replace("..", "."))
 
 
 def word_count(text):
