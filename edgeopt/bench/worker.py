@@ -59,11 +59,23 @@ def main(job: dict) -> None:
         "latency": latency,
         "quality": quality(art.manifest.task, outputs, labels),
         "size_bytes": model_file_bytes(art),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "load_s": load_s,
         "data": eval_data.source,
     }
     (out / "result.json").write_text(json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the process image, whereas
+    ru_maxrss survives exec and would report the (larger) parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cycle(samples, start: int, n: int):

@@ -36,6 +36,7 @@ PER_LABEL = 125  # examples per category
 AMBIGUOUS_PER_LABEL = 6  # ~5% borderline listings per category
 SPLIT_SIZES = {"train": 87, "validation": 19, "test": 19}  # per category
 MIN_WORDS, MAX_WORDS = 10, 40
+NEUTRAL_BRAND_RATE = 0.15  # share of regular listings sold under a marketplace brand
 
 LABELS = [
     "electronics",
@@ -975,10 +976,9 @@ CATEGORIES["automotive"] = {
         ("reversing camera kit", ["wide 170-degree view", "parking guide lines",
                                   "4.3-inch monitor", "IP68 waterproof camera"]),
     ],
-    "features": ["universal fit", "easy DIY installation", "a 3-year warranty",
-                 "broad fitment for cars, vans and SUVs", "OE-quality materials",
-                 "12V vehicle compatibility", "weatherproof construction",
-                 "tested to automotive standards"],
+    "features": ["a 3-year warranty", "OE-quality materials", "weatherproof construction",
+                 "tested to automotive standards", "trusted by mechanics",
+                 "easy to use at home"],
     "slots": {
         "vehicle": ["hatchbacks", "saloons", "SUVs", "vans", "estate cars", "4x4s",
                     "family cars", "pickup trucks"],
@@ -1082,8 +1082,7 @@ CATEGORIES["pet_supplies"] = {
     "slots": {
         "pet": ["dogs", "puppies", "cats", "kittens", "small breeds", "large breeds",
                 "senior pets", "multi-pet households"],
-        "use": ["daily walks", "travel", "indoor living", "training", "playtime",
-                "mealtimes", "grooming sessions", "new pet owners"],
+        "use": ["everyday use", "new pet owners", "happy, healthy pets", "busy households"],
     },
     "templates": [
         "{brand} {product} for {pet}: {d1}, {d2} and {d3}. {Feature}, great for {use}.",
@@ -1115,6 +1114,10 @@ PLANT_STAPLE = ["organic", "gluten-free", "vegan", "non-GMO", "sustainably sourc
 ETHICAL_CROP = ["organic", "Fairtrade certified", "sustainably sourced", "vegan"]
 PET_FOOD = ["vet recommended", "made with natural ingredients", "complete and balanced nutrition",
             "no artificial colours", "loved by pets and owners", "recyclable packaging"]
+FITMENT = ["universal fit", "easy DIY installation", "broad fitment for cars, vans and SUVs",
+           "a 3-year warranty", "OE-quality materials"]
+ELECTRICAL = ["12V vehicle compatibility", "easy DIY installation", "a 3-year warranty",
+              "tested to automotive standards"]
 PET_HOUSING = ["easy to clean", "vet recommended", "loved by pets and owners",
                "backed by a satisfaction guarantee", "tested for pet safety"]
 
@@ -1200,7 +1203,8 @@ OVERRIDES = {
         "sandals": {"material": ["leather", "vegan leather"],
                     "fit": ["true-to-size fit", "adjustable fit"]},
         "cargo": {"material": ["cotton ripstop", "organic cotton twill"]},
-        "swim": {"material": ["recycled polyester", "quick-dry nylon"], "use": ["summer holidays", "the beach", "pool days"]},
+        "swim": {"material": ["recycled polyester", "quick-dry nylon"],
+                 "use": ["summer holidays", "the beach", "pool days"]},
         "gilet": {"use": ["cold winter days", "layering in autumn", "everyday wear", "weekends"],
                   "material": ["recycled polyester fleece", "polar fleece"]},
         "corduroy": {"material": ["cotton corduroy"]},
@@ -1346,7 +1350,8 @@ OVERRIDES = {
         "granola": {"meal": ["breakfast", "yoghurt bowls", "snacking"]},
         "oats": {"meal": ["breakfast", "baking", "overnight oats"]},
         "peanut butter": {"features": PLANT_STAPLE, "meal": ["breakfast", "lunchboxes", "snacking"]},
-        "honey": {"features": ["raw", "unfiltered", "sustainably sourced", "single-origin"], "meal": ["breakfast", "baking", "teas and dressings"]},
+        "honey": {"features": ["raw", "unfiltered", "sustainably sourced", "single-origin"],
+                  "meal": ["breakfast", "baking", "teas and dressings"]},
         "spaghetti": {"meal": ["quick weeknight dinners", "family meals"]},
         "passata": {"features": PLANT_STAPLE, "meal": ["pasta sauces", "quick weeknight dinners", "the store cupboard"]},
         "chickpeas": {"features": PLANT_STAPLE, "meal": ["salads", "curries", "the store cupboard"]},
@@ -1369,18 +1374,43 @@ OVERRIDES = {
         "harissa": {"meal": ["marinades", "roasting vegetables", "quick weeknight dinners"]},
         "lentils": {"features": PLANT_STAPLE, "meal": ["soups and dal", "healthy cooking", "the store cupboard"]},
     },
+    "automotive": {
+        "dash cam": {"features": ELECTRICAL},
+        "seat covers": {"features": FITMENT},
+        "floor mats": {"features": FITMENT},
+        "wiper": {"features": FITMENT},
+        "tyre inflator": {"features": ELECTRICAL},
+        "jump starter": {"features": ELECTRICAL},
+        "battery charger": {"features": ELECTRICAL},
+        "car vacuum": {"features": ELECTRICAL},
+        "headlight": {"features": ELECTRICAL},
+        "steering wheel": {"features": FITMENT},
+        "boot organiser": {"features": FITMENT},
+        "roof rack": {"features": FITMENT},
+        "sunshade": {"features": FITMENT},
+        "car cover": {"features": FITMENT},
+        "blind spot": {"features": FITMENT},
+        "mud flaps": {"features": FITMENT},
+        "reversing camera": {"features": ELECTRICAL},
+    },
     "pet_supplies": {
         "dog food": {"features": PET_FOOD, "pet": ["adult dogs", "large breeds", "small breeds"]},
         "cat food": {"features": PET_FOOD, "pet": ["adult cats", "indoor cats", "senior cats"]},
         "puppy food": {"features": PET_FOOD, "pet": ["puppies", "growing puppies"]},
-        "chew toy": {"pet": ["dogs", "puppies", "power chewers"]},
-        "scratching": {"pet": ["cats", "kittens"]},
+        "chew toy": {"use": ["playtime", "teething puppies", "boredom busting"],
+                     "pet": ["dogs", "puppies", "power chewers"]},
+        "scratching": {"use": ["indoor enrichment", "protecting furniture"],
+                       "pet": ["cats", "kittens"]},
         "litter": {"features": PET_HOUSING, "pet": ["cats", "kittens", "multi-cat households"]},
         "dog bed": {"features": PET_HOUSING, "pet": ["dogs", "senior dogs", "large breeds"]},
-        "lead": {"pet": ["dogs", "puppies"]},
-        "harness": {"pet": ["dogs", "puppies", "strong pullers"]},
-        "collar": {"pet": ["dogs", "puppies"]},
-        "carrier": {"features": PET_HOUSING, "pet": ["cats", "small dogs", "kittens"]},
+        "lead": {"use": ["daily walks", "night-time walks"],
+                 "pet": ["dogs", "puppies"]},
+        "harness": {"use": ["daily walks", "training", "strong pullers"],
+                    "pet": ["dogs", "puppies", "strong pullers"]},
+        "collar": {"use": ["daily walks", "everyday wear"],
+                   "pet": ["dogs", "puppies"]},
+        "carrier": {"use": ["travel", "vet visits"],
+                    "features": PET_HOUSING, "pet": ["cats", "small dogs", "kittens"]},
         "aquarium": {"pet": ["tropical fish", "freshwater aquariums"]},
         "fish": {"features": PET_FOOD, "pet": ["tropical fish", "community tanks"]},
         "bird cage": {"features": PET_HOUSING, "pet": ["budgies", "canaries", "small birds"]},
@@ -1389,18 +1419,31 @@ OVERRIDES = {
         "small animal": {"pet": ["rabbits", "guinea pigs", "small animals"]},
         "flea": {"pet": ["dogs", "medium-sized dogs"]},
         "dental": {"features": PET_FOOD, "pet": ["dogs", "adult dogs"]},
-        "fountain": {"features": PET_HOUSING, "pet": ["cats", "small dogs", "multi-pet households"]},
-        "training pads": {"pet": ["puppies", "senior dogs"]},
-        "cat tree": {"features": PET_HOUSING, "pet": ["cats", "kittens", "multi-cat households"]},
-        "poop bags": {"pet": ["dogs", "puppies"]},
-        "grooming": {"pet": ["dogs", "cats", "long-haired breeds"]},
+        "fountain": {"use": ["mealtimes", "everyday hydration"],
+                     "features": PET_HOUSING, "pet": ["cats", "small dogs", "multi-pet households"]},
+        "training pads": {"use": ["house training", "overnight use"],
+                          "pet": ["puppies", "senior dogs"]},
+        "cat tree": {"use": ["indoor enrichment", "multi-cat homes"],
+                     "features": PET_HOUSING, "pet": ["cats", "kittens", "multi-cat households"]},
+        "poop bags": {"use": ["daily walks", "long hikes"],
+                      "pet": ["dogs", "puppies"]},
+        "grooming": {"use": ["grooming sessions", "shedding season"],
+                     "pet": ["dogs", "cats", "long-haired breeds"]},
         "reptile": {"pet": ["bearded dragons", "tortoises", "reptiles"]},
-        "cat wand": {"pet": ["cats", "kittens", "indoor cats"]},
+        "cat wand": {"use": ["playtime", "indoor enrichment"],
+                     "pet": ["cats", "kittens", "indoor cats"]},
         "jerky": {"features": PET_FOOD, "pet": ["dogs", "puppies over 12 weeks"]},
-        "bowls": {"features": PET_HOUSING, "pet": ["dogs", "cats", "multi-pet households"]},
+        "bowls": {"use": ["mealtimes", "everyday use"],
+                  "features": PET_HOUSING, "pet": ["dogs", "cats", "multi-pet households"]},
     },
 }
 
+
+# Generic "marketplace" brands that sell across categories.  All borderline
+# listings (except books, which name a publisher) and a share of the regular
+# listings use them, so a brand name never gives the borderline label away.
+NEUTRAL_BRANDS = ["Zentrix", "Homlux", "Qualimo", "Everbright", "Nuvia", "Onyx & Ivy",
+                  "Brightmart", "Caspera", "Trendfield", "Valuwise", "Kaliko", "Orbis"]
 
 # Placeholders for books only.
 TITLE_ADJ = ["Silent", "Last", "Hidden", "Burning", "Glass", "Winter", "Lost", "Golden",
@@ -1447,8 +1490,12 @@ def fill_template(rng, cat, template):
         name = name.replace("{aud}", rng.choice(spec["slots"]["aud"]))
     d1, d2, d3 = rng.sample(details, 3)
     f1, f2 = rng.sample(overrides.get("features", spec["features"]), 2)
+    if cat != "books" and rng.random() < NEUTRAL_BRAND_RATE:
+        brand = rng.choice(NEUTRAL_BRANDS)
+    else:
+        brand = rng.choice(spec["brands"])
     values = {
-        "brand": rng.choice(spec["brands"]),
+        "brand": brand,
         "product": name,
         "d1": d1,
         "d2": d2,
@@ -1474,8 +1521,8 @@ def fill_template(rng, cat, template):
 
 
 def fill_ambiguous(rng, cat, template):
-    spec = CATEGORIES[cat]
-    return _cap(template.format(brand=rng.choice(spec["brands"])).replace("..", "."))
+    brands = CATEGORIES[cat]["brands"] if cat == "books" else NEUTRAL_BRANDS
+    return _cap(template.format(brand=rng.choice(brands)).replace("..", "."))
 
 
 def word_count(text):
@@ -1483,8 +1530,9 @@ def word_count(text):
 
 
 def generate(rng):
-    """Return {label: [texts]} with PER_LABEL unique texts per label."""
+    """Return ({label: [texts]}, borderline texts) with PER_LABEL unique texts per label."""
     seen = set()
+    borderline = set()
     by_label = {}
     for cat in LABELS:
         spec = CATEGORIES[cat]
@@ -1497,6 +1545,7 @@ def generate(rng):
             key = text.lower()
             assert key not in seen, text
             seen.add(key)
+            borderline.add(text)
             texts.append(text)
         # Regular listings: cycle through templates so every template is used.
         attempts = 0
@@ -1512,7 +1561,7 @@ def generate(rng):
             seen.add(key)
             texts.append(text)
         by_label[cat] = texts
-    return by_label
+    return by_label, borderline
 
 
 def split(rng, by_label):
@@ -1533,7 +1582,7 @@ def split(rng, by_label):
 
 def main():
     rng = random.Random(SEED)
-    by_label = generate(rng)
+    by_label, borderline = generate(rng)
     splits = split(rng, by_label)
 
     out_dir = Path(__file__).resolve().parent / "data"
@@ -1556,6 +1605,8 @@ def main():
         print(f"{cat:<16}" + "".join(f"{c:>12}" for c in counts) + f"{sum(counts):>8}")
     totals = [len(splits[n]) for n in splits]
     print(f"{'total':<16}" + "".join(f"{c:>12}" for c in totals) + f"{sum(totals):>8}")
+    print("Borderline listings: " + ", ".join(
+        f"{n} {sum(r['text'] in borderline for r in rows)}" for n, rows in splits.items()))
     lengths = [word_count(t) for t in all_texts]
     print(f"Words per text: mean {sum(lengths) / len(lengths):.1f}, "
           f"min {min(lengths)}, max {max(lengths)}")

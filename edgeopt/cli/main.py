@@ -1,0 +1,280 @@
+"""The edgeopt CLI: each command parses options, calls one library function, renders the result.
+
+This module is the error boundary: EdgeoptError becomes one line on stderr and exit
+code 2 (usage) or 1 (failure); --debug shows the traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import ValidationError as PydanticValidationError
+from rich.console import Console
+
+from .._version import __version__
+from ..errors import ConfigError, EdgeoptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Take a trained PyTorch / Hugging Face model to a fast, verified model on a device.")
+# Tables are wide: when output is not a terminal (CI logs, pipes) do not squeeze them to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 180)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
+_state = {"debug": False}
+
+# Shared option declarations (declared once, used by several commands).
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Directory for the new artifact (written atomically).")]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", "-t", help="Deployment target: x86, rpi, jetson, gpu-server (default: this host).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset: .jsonl, .npz or sklearn:digits[:split].")]
+
+
+def make_config(cls, **kwargs: Any):
+    """Build a typed config; pydantic errors become one ConfigError naming the option."""
+    try:
+        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+    except PydanticValidationError as e:
+        parts = []
+        for err in e.errors():
+            opt = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-") if err["loc"] else "options"
+            parts.append(f"{opt}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("; ".join(parts)) from e
+
+
+def _model_path(ref: str) -> Path:
+    from ..recipe import resolve_model_ref
+
+    return resolve_model_ref(ref)
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+):
+    _state["debug"] = debug
+    if version:
+        console.print(f"edgeopt {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="HF checkpoint folder, artifact directory or pkg:PACKAGE/SUBDIR.")],
+    output: OutOpt,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    batch_axis: Annotated[bool, typer.Option("--batch-axis/--no-batch-axis", help="Dynamic batch axis (else batch 1).")] = True,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of the numeric check against PyTorch.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of the numeric check.")] = 1e-3,
+    exporter: Annotated[str, typer.Option(help="torchscript (fuses best with ONNX Runtime) or dynamo.")] = "torchscript",
+    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="ONNX Runtime graph optimizations / transformer fusions.")] = True,
+    data: DataOpt = None,
+):
+    """Export a PyTorch / HF model to ONNX, optimize it and check it against PyTorch."""
+    from ..stages.export import ExportConfig
+    from ..stages.export import export as run
+
+    cfg = make_config(ExportConfig, opset=opset, batch_axis=batch_axis, atol=atol, rtol=rtol, exporter=exporter,
+                      optimize=optimize, check_data=data)
+    art = run(_model_path(model), output, cfg)
+    m = art.manifest
+    checks = m.metrics["numeric_check"]["outputs"]
+    console.print(f"[green]exported[/green] {art.path} ({m.metrics['size_bytes'] / 1e6:.1f} MB, "
+                  f"optimization: {m.model['optimization']['level']})")
+    for name, rec in checks.items():
+        console.print(f"  {name}: max abs err {rec['max_abs_err']:.2e}, max rel err {rec['max_rel_err']:.2e} "
+                      f"over {m.metrics['numeric_check']['samples']} samples")
+
+
+@app.command()
+def quantize(
+    model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact (from `edgeopt export`).")],
+    output: OutOpt,
+    ptq: Annotated[str, typer.Option(help="dynamic (weights int8, activations at run time) or static (QDQ, calibrated).")] = "dynamic",
+    calib: Annotated[Optional[str], typer.Option(help="Calibration data for --ptq static.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples to use.")] = 128,
+    method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Per-channel weight scales.")] = True,
+    target: TargetOpt = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for the accuracy check (else fidelity on calibration/sample data).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Fail if accuracy drops more than this many points.")] = None,
+):
+    """Post-training quantization with ONNX Runtime, formats chosen per target, then an accuracy/fidelity check."""
+    from ..stages.quantize import QuantizeConfig
+    from ..stages.quantize import quantize as run
+
+    cfg = make_config(QuantizeConfig, ptq=ptq, calib=calib, calib_samples=calib_samples, method=method,
+                      per_channel=per_channel, target=target, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
+    art = run(_model_path(model), output, cfg)
+    m = art.manifest
+    q = m.model["quantization"]
+    ev = m.metrics["eval"]
+    console.print(f"[green]quantized[/green] {art.path}: {q['mode']} int8 for {q['target']} "
+                  f"(weights {q['weight_type']}{', per-channel' if q['per_channel'] else ''}, activations {q['activation_type']}), "
+                  f"{m.metrics['size_bytes'] / 1e6:.1f} MB")
+    parts = [f"{k} {v:.4f}" for k, v in ev.items() if k in ("parent_accuracy", "accuracy", "top1_agreement", "cosine_mean") and v is not None]
+    console.print(f"  on {ev['samples']} samples of {ev['data']}: " + ", ".join(parts))
+
+
+def _parse_ints(s: str, opt: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{opt} '{s}': give comma-separated integers, e.g. 1,8") from None
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[str], typer.Argument(help="Artifacts to compare; the first is the baseline.")],
+    data: DataOpt = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
+    seq_len: Annotated[str, typer.Option(help="'auto' (pad to the longest real input in each batch) or a fixed length.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every runtime.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 30,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs per batch size.")] = 3,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write a Markdown report (and a PNG plot beside it).")] = None,
+):
+    """Latency (p50/p90/p99), throughput, memory, size and accuracy of artifacts, side by side."""
+    from ..bench.core import BenchConfig
+    from ..bench.core import bench as run
+    from ..bench.report import rich_table, write_outputs
+
+    if seq_len != "auto" and not seq_len.isdigit():
+        raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
+    cfg = make_config(BenchConfig, data=data, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
+                      seq_len=seq_len if seq_len == "auto" else int(seq_len), threads=threads, runs=runs, warmup=warmup)
+    rep = run([_model_path(a) for a in artifacts], cfg)
+    console.print(rich_table(rep))
+    for kind, path in write_outputs(rep, json_out, report).items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command("run")
+def run_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+    force: Annotated[bool, typer.Option("--force", help="Re-run every stage, ignoring the cache.")] = False,
+    validate_only: Annotated[bool, typer.Option("--validate", help="Only validate the recipe.")] = False,
+):
+    """Run a recipe's stages in order; finished stages are cached and skipped on the next run."""
+    from ..bench.report import rich_table
+    from ..recipe import load_recipe, run_recipe
+
+    r = load_recipe(recipe)
+    if validate_only:
+        console.print(f"[green]valid[/green]: {r.path} — {len(r.stages)} stages: " + ", ".join(f"{s.name} ({s.kind})" for s in r.stages))
+        return
+    res = run_recipe(r, force=force, on_stage=lambda n, st: err_console.print(f"[bold]{n}[/bold]: {st}"))
+    for s in res.stages:
+        console.print(f"{s.name:<16} {s.kind:<10} {'cached' if s.cached else f'{s.seconds:.1f}s':>8}  {s.path}")
+        if s.report is not None:
+            console.print(rich_table(s.report, title=f"{r.name}: {s.name}"))
+            console.print(f"report: {s.path / 'report.md'}")
+
+
+@app.command()
+def inspect(
+    artifact: Annotated[str, typer.Argument(help="Artifact directory or HF checkpoint folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+):
+    """Print an artifact's format, IO, lineage and metrics."""
+    from ..artifact import load_artifact
+
+    art = load_artifact(_model_path(artifact))
+    m = art.manifest
+    if as_json:
+        print(json.dumps(m.model_dump(mode="json"), indent=2))
+        return
+    console.print(f"[bold]{art.path}[/bold]")
+    console.print(f"format {m.format} ({m.model.get('precision', 'fp32')}), task {m.task}, edgeopt {m.edgeopt_version}")
+    if m.labels:
+        console.print(f"labels ({len(m.labels)}): {', '.join(m.labels[:12])}{' ...' if len(m.labels) > 12 else ''}")
+    for t in m.io.inputs:
+        console.print(f"  input  {t.name}: {t.dtype} {t.shape}")
+    for t in m.io.outputs:
+        console.print(f"  output {t.name}: {t.dtype} {t.shape}")
+    if m.io.preprocessing is not None:
+        console.print(f"  preprocessing: {m.io.preprocessing.model_dump()}")
+    console.print("lineage:")
+    for i, e in enumerate(m.lineage):
+        cfg = {k: v for k, v in e.config.items() if v not in (None, [], {}) and k != "kind"}
+        console.print(f"  {i}. {e.stage} {('parent ' + e.parent_hash[:12]) if e.parent_hash else ''} {json.dumps(cfg, default=str)[:200]}")
+    console.print("metrics:")
+    console.print_json(json.dumps(m.metrics, default=str))
+    console.print(f"files: {len(m.files)} (sha256 verified)" if m.files else "files: not an edgeopt artifact (adopted folder)")
+
+
+@app.command()
+def targets():
+    """List deployment targets."""
+    from ..targets import get_target, target_names
+
+    for n in target_names():
+        t = get_target(n)
+        q = t.quantization
+        console.print(f"[bold]{n:<11}[/bold] {t.arch:<6} {t.runtime:<12} int8: act {q.activation_type}"
+                      f"{' sym' if q.activation_symmetric else ''}, weights {q.weight_type} — {t.description}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its artifacts and report.")] = Path("runs/demo"),
+    force: Annotated[bool, typer.Option("--force", help="Re-run every stage, ignoring the cache.")] = False,
+):
+    """Fine-tune all-MiniLM-L6-v2 on product descriptions, export, quantize, benchmark, and print the table."""
+    from ..bench.report import rich_table
+    from ..demo import run_demo
+
+    res = run_demo(workdir, force=force, on_stage=lambda n, st: err_console.print(f"[bold]{n}[/bold]: {st}"))
+    for s in res.stages:
+        if s.report is not None:
+            console.print(rich_table(s.report, title="edgeopt demo: product classifier"))
+            console.print(f"report: {s.path / 'report.md'} (plot: {s.path / 'report.png'})")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("EDGEOPT_DEBUG"))
+    if not debug:  # library deprecation chatter is not the user's problem
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        app(args=args, prog_name="edgeopt", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:  # usage errors: bad option, missing argument
+        e.show()
+        sys.exit(2)
+    except EdgeoptError as e:
+        if debug:
+            raise
+        _print_error(str(e))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished artifacts are kept, partial ones removed")
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        _print_error(f"unexpected {type(e).__name__}: {first} (re-run with --debug for the traceback)")
+        sys.exit(1)
+
+
+def _print_error(msg: str) -> None:
+    from rich.text import Text
+
+    err_console.print(Text("error: ", style="red") + Text(msg), highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    main()
