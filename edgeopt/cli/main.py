@@ -38,8 +38,8 @@ def make_config(cls, **kwargs: Any):
     except PydanticValidationError as e:
         parts = []
         for err in e.errors():
-            opt = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-") if err["loc"] else "options"
-            parts.append(f"{opt}: {err['msg'].removeprefix('Value error, ')}")
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}: {msg}" if err["loc"] else msg)
         raise ConfigError("; ".join(parts)) from e
 
 
@@ -49,15 +49,18 @@ def _model_path(ref: str) -> Path:
     return resolve_model_ref(ref)
 
 
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edgeopt {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ):
     _state["debug"] = debug
-    if version:
-        console.print(f"edgeopt {__version__}")
-        raise typer.Exit()
 
 
 @app.command()
@@ -70,6 +73,7 @@ def export(
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the numeric check.")] = 1e-3,
     exporter: Annotated[str, typer.Option(help="torchscript (fuses best with ONNX Runtime) or dynamo.")] = "torchscript",
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="ONNX Runtime graph optimizations / transformer fusions.")] = True,
+    task: Annotated[Optional[str], typer.Option(help="Override the checkpoint's task: text-classification, feature-extraction, image-classification.")] = None,
     data: DataOpt = None,
 ):
     """Export a PyTorch / HF model to ONNX, optimize it and check it against PyTorch."""
@@ -77,7 +81,7 @@ def export(
     from ..stages.export import export as run
 
     cfg = make_config(ExportConfig, opset=opset, batch_axis=batch_axis, atol=atol, rtol=rtol, exporter=exporter,
-                      optimize=optimize, check_data=data)
+                      optimize=optimize, check_data=data, task=task)
     art = run(_model_path(model), output, cfg)
     m = art.manifest
     checks = m.metrics["numeric_check"]["outputs"]
@@ -234,8 +238,17 @@ def demo(
             console.print(f"report: {s.path / 'report.md'} (plot: {s.path / 'report.png'})")
 
 
+def _click_exceptions():
+    """Typer >= 0.25 ships its own copy of click; older ones use click itself."""
+    try:
+        from typer._click import exceptions as ex  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover
+        from click import exceptions as ex
+    return ex
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    import click
+    ex = _click_exceptions()
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("EDGEOPT_DEBUG"))
@@ -245,13 +258,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        app(args=args, prog_name="edgeopt", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except click.ClickException as e:  # usage errors: bad option, missing argument
+        rc = app(args=args, prog_name="edgeopt", standalone_mode=False)
+    except ex.ClickException as e:  # usage errors: bad option, missing argument
         e.show()
         sys.exit(2)
     except EdgeoptError as e:
@@ -268,6 +276,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         first = str(e).splitlines()[0] if str(e) else ""
         _print_error(f"unexpected {type(e).__name__}: {first} (re-run with --debug for the traceback)")
         sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def _print_error(msg: str) -> None:

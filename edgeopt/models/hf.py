@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..artifact import Artifact, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing
-from ..errors import InputError
+from ..artifact import TASKS, Artifact, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing
+from ..errors import ConfigError, InputError
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -36,12 +36,17 @@ def text_io(input_names: list[str], task: str, width: int) -> IOSpec:
     )
 
 
-def adopt_hf_folder(folder: Path) -> Artifact:
-    """Describe a plain HF checkpoint folder (no manifest.json) as a source artifact."""
+def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
+    """Describe a plain HF checkpoint folder (no manifest.json) as a source artifact.
+
+    ``task`` overrides the task read from config.json (e.g. feature-extraction from a classifier).
+    """
     config = _read_json(folder / "config.json")
     if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
         raise InputError(f"{folder}: config.json but no model.safetensors or pytorch_model.bin; this is not a complete checkpoint")
-    task = infer_task(folder, config)
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
+    task = task or infer_task(folder, config)
     labels = None
     model: dict[str, Any] = {"pooling": None}
     if task in ("text-classification", "image-classification"):

@@ -29,6 +29,7 @@ class ExportConfig(BaseModel):
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     check_data: Optional[str] = None  # dataset for the numeric check; built-in samples if unset
     check_samples: int = Field(16, ge=1)
+    task: Optional[str] = None  # override the task of a Hugging Face folder (e.g. feature-extraction)
 
 
 def export(model: Artifact | str | Path, out: str | Path, config: Optional[ExportConfig] = None) -> Artifact:
@@ -43,6 +44,12 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 
     cfg = config or ExportConfig()
     parent = model if isinstance(model, Artifact) else load_artifact(model)
+    if cfg.task is not None and cfg.task != parent.manifest.task:
+        if parent.manifest.format != "hf":
+            raise ConfigError(f"--task applies to Hugging Face checkpoints; {parent.path} is {parent.manifest.format}")
+        from ..models.hf import adopt_hf_folder
+
+        parent = adopt_hf_folder(parent.path, task=cfg.task)
     pm = parent.manifest
     if pm.format not in ("hf", "torch"):
         raise ConfigError(f"{parent.path}: is already format '{pm.format}'; export takes an hf or torch artifact")

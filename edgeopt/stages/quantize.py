@@ -30,7 +30,7 @@ class QuantizeConfig(BaseModel):
     @model_validator(mode="after")
     def _static_needs_calib(self):
         if self.ptq == "static" and not self.calib:
-            raise ValueError("static quantization needs calibration data: give calib (e.g. --calib data/train.jsonl)")
+            raise ValueError("static quantization needs calibration data: give --calib DATA (recipes: calib: DATA)")
         return self
 
 
