@@ -57,13 +57,18 @@ class BenchRow(BaseModel):
     p90_ms: float
     p99_ms: float
     throughput: float  # samples/s
-    size_mb: float
-    peak_rss_mb: float
-    load_s: float
+    size_mb: Optional[float] = None
+    peak_rss_mb: Optional[float] = None
+    load_s: Optional[float] = None
     accuracy: Optional[float] = None
     top1_agreement: Optional[float] = None
     cosine_mean: Optional[float] = None
     speedup: Optional[float] = None  # p50 of the first artifact / this p50 at the same batch size
+    # HTTP load runs (edgeopt bench --url)
+    concurrency: Optional[int] = None
+    requests: Optional[int] = None
+    errors: Optional[int] = None
+    status_counts: Optional[dict[str, int]] = None
 
 
 class BenchReport(BaseModel):

@@ -8,6 +8,15 @@ from .core import BenchReport
 
 COLUMNS = ["artifact", "format", "precision", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s",
            "speedup", "size MB", "peak RSS MB", "accuracy", "agreement"]
+HTTP_COLUMNS = ["concurrency", "requests", "errors"]
+
+
+def _columns(report: BenchReport) -> list[str]:
+    return COLUMNS + (HTTP_COLUMNS if any(r.concurrency is not None for r in report.rows) else [])
+
+
+def _num(v: Optional[float], fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def _pct(v: Optional[float]) -> str:
@@ -21,8 +30,10 @@ def rows_as_text(report: BenchReport) -> list[list[str]]:
         agree_s = "-" if agree is None else (_pct(agree) if r.top1_agreement is not None else f"cos {agree:.4f}")
         out.append([r.artifact, r.format, r.precision, str(r.batch_size), str(r.seq_len or "-"), f"{r.p50_ms:.2f}",
                     f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput:.1f}",
-                    "-" if r.speedup is None else f"{r.speedup:.2f}x", f"{r.size_mb:.1f}", f"{r.peak_rss_mb:.0f}",
-                    _pct(r.accuracy), agree_s])
+                    "-" if r.speedup is None else f"{r.speedup:.2f}x", _num(r.size_mb, ".1f"), _num(r.peak_rss_mb, ".0f"),
+                    _pct(r.accuracy), agree_s]
+                   + ([str(r.concurrency or "-"), str(r.requests or "-"), str(r.errors if r.errors is not None else "-")]
+                      if any(x.concurrency is not None for x in report.rows) else []))
     return out
 
 
@@ -30,7 +41,7 @@ def rich_table(report: BenchReport, title: str = "edgeopt bench"):
     from rich.table import Table
 
     t = Table(title=f"{title} — data: {report.data}, threads: {report.threads or 'default'}")
-    for c in COLUMNS:
+    for c in _columns(report):
         t.add_column(c, justify="left" if c in ("artifact", "format", "precision") else "right")
     for row in rows_as_text(report):
         t.add_row(*row)
@@ -44,7 +55,7 @@ def markdown(report: BenchReport, title: str = "edgeopt bench") -> str:
              f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch', '-')}",
              f"Data: {report.data}; threads: {report.threads or 'default'}; seq_len: {report.config.seq_len}; "
              f"runs: {report.config.runs} after {report.config.warmup} warm-up", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             "| " + " | ".join(_columns(report)) + " |", "|" + "---|" * len(_columns(report))]
     lines += ["| " + " | ".join(r) + " |" for r in rows_as_text(report)]
     lines += ["", "Speedup is the first artifact's p50 over this one's at the same batch size. "
               "Agreement is top-1 agreement (classifiers) or mean cosine (embeddings) with the first artifact."]

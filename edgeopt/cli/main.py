@@ -131,7 +131,7 @@ def _parse_ints(s: str, opt: str) -> list[int]:
 
 @app.command()
 def bench(
-    artifacts: Annotated[list[str], typer.Argument(help="Artifacts to compare; the first is the baseline.")],
+    artifacts: Annotated[Optional[list[str]], typer.Argument(help="Artifacts to compare; the first is the baseline.")] = None,
     data: DataOpt = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
     seq_len: Annotated[str, typer.Option(help="'auto' (pad to the longest real input in each batch) or a fixed length.")] = "auto",
@@ -140,20 +140,69 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Warm-up runs per batch size.")] = 3,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write a Markdown report (and a PNG plot beside it).")] = None,
+    url: Annotated[Optional[str], typer.Option(help="Load-test a running `edgeopt serve` at this URL instead.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Concurrent HTTP clients (with --url).")] = 8,
+    duration: Annotated[Optional[float], typer.Option(help="Seconds to run (with --url).")] = None,
+    requests: Annotated[Optional[int], typer.Option(help="Requests to send (with --url; default 200 unless --duration).")] = None,
+    items_per_request: Annotated[int, typer.Option(help="Inputs per HTTP request (with --url).")] = 1,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the server's API key (with --url).")] = None,
 ):
-    """Latency (p50/p90/p99), throughput, memory, size and accuracy of artifacts, side by side."""
-    from ..bench.core import BenchConfig
-    from ..bench.core import bench as run
+    """Latency (p50/p90/p99), throughput, memory, size and accuracy of artifacts side by side, or of a server (--url)."""
     from ..bench.report import rich_table, write_outputs
 
-    if seq_len != "auto" and not seq_len.isdigit():
-        raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
-    cfg = make_config(BenchConfig, data=data, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
-                      seq_len=seq_len if seq_len == "auto" else int(seq_len), threads=threads, runs=runs, warmup=warmup)
-    rep = run([_model_path(a) for a in artifacts], cfg)
+    if url:
+        if artifacts:
+            raise ConfigError("give either artifacts (in-process bench) or --url (HTTP load test), not both")
+        from ..bench.http import LoadConfig, load_test
+
+        rep = load_test(make_config(LoadConfig, url=url, concurrency=concurrency, duration_s=duration, requests=requests,
+                                    data=data, items_per_request=items_per_request, api_key_env=api_key_env))
+    else:
+        if not artifacts:
+            raise ConfigError("give at least one artifact to benchmark, or --url http://HOST:PORT of a running server")
+        from ..bench.core import BenchConfig
+        from ..bench.core import bench as run
+
+        if seq_len != "auto" and not seq_len.isdigit():
+            raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
+        cfg = make_config(BenchConfig, data=data, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
+                          seq_len=seq_len if seq_len == "auto" else int(seq_len), threads=threads, runs=runs, warmup=warmup)
+        rep = run([_model_path(a) for a in artifacts], cfg)
     console.print(rich_table(rep))
     for kind, path in write_outputs(rep, json_out, report).items():
         console.print(f"{kind}: {path}")
+
+
+@app.command()
+def serve(
+    artifact: Annotated[str, typer.Argument(help="Artifact to serve (ONNX, torch or HF).")],
+    host: Annotated[str, typer.Option(help="Bind address; 127.0.0.1 keeps it local (use 0.0.0.0 in containers).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most inputs coalesced into one model call (1 turns batching off).")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to batch with.")] = 5.0,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Require the API key held in this environment variable.")] = None,
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads per process.")] = None,
+    target: TargetOpt = None,
+    max_items: Annotated[int, typer.Option(help="Inputs per request.")] = 64,
+    max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.")] = 8.0,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds (504 beyond).")] = 30.0,
+):
+    """Serve an artifact over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics."""
+    from ..serve.app import ServeSettings
+    from ..serve.app import serve as run
+
+    if target is not None:
+        from ..targets import get_target
+
+        get_target(target)
+    settings = make_config(ServeSettings, artifact=str(_model_path(artifact)), max_batch=max_batch, max_wait_ms=max_wait_ms,
+                           api_key_env=api_key_env, threads=threads, target=target, max_items=max_items,
+                           max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout)
+    if api_key_env and not os.environ.get(api_key_env):
+        raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; export it with the key")
+    err_console.print(f"serving {settings.artifact} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
+    run(settings, host=host, port=port, workers=workers)
 
 
 @app.command("run")

@@ -1,0 +1,1 @@
+"""`edgeopt serve`: the FastAPI runtime server that runs inside every packaged image."""
