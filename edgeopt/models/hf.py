@@ -107,8 +107,12 @@ def _wrap(module, task: str, model_info: dict[str, Any], input_names: list[str])
         def __init__(self, m):
             super().__init__()
             self.model = m
+            self.with_hidden = False  # distillation: also return every layer's hidden states
 
         def forward(self, *inputs):
+            if self.with_hidden:
+                o = self.model(**dict(zip(input_names, inputs)), output_hidden_states=True)
+                return o.logits, o.hidden_states
             return self.model(**dict(zip(input_names, inputs))).logits
 
     class Embedder(torch.nn.Module):
@@ -167,7 +171,16 @@ def load_hf_module(artifact: Artifact, for_export: bool = False):
     if for_export:
         kwargs["attn_implementation"] = "eager"
     try:
-        if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
+        if m.model.get("resized"):
+            # Structurally pruned: build from config, then resize layers to the saved weights.
+            from safetensors.torch import load_file
+
+            from .resize import load_resized
+
+            config = transformers.AutoConfig.from_pretrained(folder, **kwargs)
+            model = auto.from_config(config, **kwargs)
+            load_resized(model, load_file(folder / "model.safetensors"))
+        elif (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
             model = auto.from_pretrained(folder, use_safetensors=True, **kwargs)
         else:
             # Only a pickled .bin: build from config and load with weights_only=True (no code execution).

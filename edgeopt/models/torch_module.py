@@ -48,8 +48,10 @@ def load_factory_module(artifact: Artifact):
     except Exception as e:
         raise InputError(f"{artifact.path / info.get('weights', WEIGHTS)}: cannot read the weights ({e}); the file may be truncated") from e
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+        from .resize import load_resized
+
+        load_resized(module, state)  # pruned channels: the saved shapes win
+    except (RuntimeError, ValueError) as e:
         raise InputError(f"{artifact.path}: weights do not fit the factory's module ({str(e).splitlines()[0]})") from e
     return module.eval()
 
@@ -88,11 +90,12 @@ def save_torch_artifact(
     stage: str = "source",
     config: Optional[dict[str, Any]] = None,
     metrics: Optional[dict[str, Any]] = None,
+    extra_model: Optional[dict[str, Any]] = None,
 ) -> Artifact:
     """Write a torch-format artifact: weights in safetensors, the factory (and its source file) recorded."""
     from safetensors.torch import save_file
 
-    model: dict[str, Any] = {"factory": factory, "kwargs": kwargs or {}, "weights": WEIGHTS}
+    model: dict[str, Any] = {"factory": factory, "kwargs": kwargs or {}, "weights": WEIGHTS, **(extra_model or {})}
     with write_artifact(out) as tmp:
         if source_file is not None:
             shutil.copy2(source_file, tmp / Path(source_file).name)

@@ -77,7 +77,7 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
     from transformers import AutoModelForSequenceClassification
 
     from ..models.hf import adopt_hf_folder, load_tokenizer
-    from ..train import TrainSettings, fit, seed_everything
+    from ..train import TrainSettings, cross_entropy_loss, fit, seed_everything
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -105,7 +105,7 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
         return float((np.concatenate(preds) == y).mean())
 
     t0 = time.perf_counter()
-    res = fit(trained, train.samples, y_train, collate,
+    res = fit(trained, len(train), cross_entropy_loss(collate, train.samples, y_train),
               TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed),
               evaluate=(lambda m: accuracy(m, val)) if val is not None else None, desc="fine-tuning")
     train_s = time.perf_counter() - t0
@@ -115,7 +115,7 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
                    "val_accuracy": res.best_val_accuracy}
         if cfg.lora:
             trained.save_pretrained(tmp / "adapter")
-            _point_adapter_at(tmp / "adapter", base.path)
+            _point_adapter_at(tmp / "adapter", base.path, labels)
             merged = trained.merge_and_unload()
         else:
             merged = trained
@@ -132,13 +132,15 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
     return Artifact(Path(out).expanduser().resolve(), manifest)
 
 
-def _point_adapter_at(adapter_dir: Path, base_path: Path) -> None:
+def _point_adapter_at(adapter_dir: Path, base_path: Path, labels: list[str]) -> None:
+    """Record the base checkpoint and the head's labels next to the adapter (for `edgeopt merge`)."""
     import json
 
     p = adapter_dir / "adapter_config.json"
     cfg = json.loads(p.read_text())
     cfg["base_model_name_or_path"] = str(base_path)
     p.write_text(json.dumps(cfg, indent=2))
+    (adapter_dir / "labels.json").write_text(json.dumps(labels))
 
 
 def _finetune_factory(out, cfg: FinetuneConfig) -> Artifact:
@@ -147,7 +149,7 @@ def _finetune_factory(out, cfg: FinetuneConfig) -> Artifact:
     from ..data import load_dataset
     from ..models.preprocess import Preprocessor
     from ..models.torch_module import resolve_factory, save_torch_artifact
-    from ..train import TrainSettings, fit, seed_everything
+    from ..train import TrainSettings, cross_entropy_loss, fit, seed_everything
 
     source = Path(cfg.source).expanduser() if cfg.source else None
     if source is not None and not source.is_file():
@@ -174,7 +176,7 @@ def _finetune_factory(out, cfg: FinetuneConfig) -> Artifact:
         return float((m(x).argmax(-1).numpy() == ds.label_indices(labels)).mean())
 
     t0 = time.perf_counter()
-    res = fit(module, list(train.samples), y_train, collate,
+    res = fit(module, len(train), cross_entropy_loss(collate, list(train.samples), y_train),
               TrainSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, weight_decay=1e-4),
               evaluate=(lambda m: accuracy(m, val)) if val is not None else None, desc="training")
     metrics = {"train_seconds": time.perf_counter() - t0, "best_epoch": res.best_epoch, "history": res.history,

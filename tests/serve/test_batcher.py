@@ -1,0 +1,220 @@
+"""Micro-batching: over HTTP (concurrent requests coalesce, each caller gets its own results)
+and the MicroBatcher itself (splitting, reassembly, failure isolation)."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from edgeopt.serve.batcher import MicroBatcher
+from serve_helpers import check_prediction, distinct_texts, live_server, metric_value
+
+CLS_LABELS = ["a", "b", "c"]
+
+
+async def _concurrent_posts(url: str, payloads: list[dict]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(payloads), max_keepalive_connections=len(payloads))
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+        # open the connections first so the requests really arrive together
+        await asyncio.gather(*(c.get("/healthz") for _ in payloads))
+        return await asyncio.gather(*(c.post("/v1/predict", json=p) for p in payloads))
+
+
+# ---------------------------------------------------------------------------------------------
+# over HTTP
+# ---------------------------------------------------------------------------------------------
+
+def test_concurrent_requests_coalesce_and_get_their_own_results(serve_cls_onnx, cls_ref):
+    texts = distinct_texts(32)
+    with live_server(serve_cls_onnx, max_batch=16, max_wait_ms=20) as srv:
+        before = srv.metrics()
+        responses = asyncio.run(_concurrent_posts(srv.url, [{"inputs": [t]} for t in texts]))
+        after = srv.metrics()
+    for text, r in zip(texts, responses):
+        assert r.status_code == 200, r.text
+        (pred,) = r.json()["predictions"]
+        check_prediction(pred, cls_ref.one(text), CLS_LABELS)
+    batches = metric_value(after, "edgeopt_batch_size_count") - metric_value(before, "edgeopt_batch_size_count")
+    items = metric_value(after, "edgeopt_batch_size_sum") - metric_value(before, "edgeopt_batch_size_sum")
+    assert items == 32
+    assert 2 <= batches < 32, f"{batches} model calls for 32 concurrent single-item requests: no coalescing"
+    # no batch bigger than max_batch: everything sits at or below the le=16 bucket
+    assert metric_value(after, "edgeopt_batch_size_bucket", {"le": "16.0"}) == metric_value(after, "edgeopt_batch_size_count")
+
+
+def test_batching_off_runs_every_item_alone(serve_cls_onnx, cls_ref):
+    texts = distinct_texts(40, offset=100)
+    sizes = [1, 2, 3, 1, 1, 2, 1, 3, 1, 1, 2, 1, 1, 3, 1, 2, 1, 1, 3, 1, 2, 1, 1, 3, 1]  # 40 items in 25 requests
+    payloads, k = [], 0
+    for n in sizes:
+        payloads.append({"inputs": texts[k : k + n]})
+        k += n
+    assert k == len(texts)
+    with live_server(serve_cls_onnx, max_batch=1, max_wait_ms=0) as srv:
+        before = srv.metrics()
+        responses = asyncio.run(_concurrent_posts(srv.url, payloads))
+        after = srv.metrics()
+    for p, r in zip(payloads, responses):
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        assert len(preds) == len(p["inputs"])
+        for text, pred in zip(p["inputs"], preds):
+            check_prediction(pred, cls_ref.one(text), CLS_LABELS)
+    batches = metric_value(after, "edgeopt_batch_size_count") - metric_value(before, "edgeopt_batch_size_count")
+    assert batches == len(texts)
+    assert metric_value(after, "edgeopt_batch_size_bucket", {"le": "1.0"}) == metric_value(after, "edgeopt_batch_size_count")
+
+
+def test_request_bigger_than_max_batch_is_split_and_reassembled(serve_cls_onnx, cls_ref):
+    texts = distinct_texts(37, offset=300)
+    with live_server(serve_cls_onnx, max_batch=8, max_wait_ms=2) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        before = srv.metrics()
+        r = c.post("/v1/predict", json={"inputs": texts, "top_k": 3})
+        after = srv.metrics()
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert len(preds) == 37
+    for text, pred in zip(texts, preds):
+        check_prediction(pred, cls_ref.one(text), CLS_LABELS)
+    assert metric_value(after, "edgeopt_batch_size_count") - metric_value(before, "edgeopt_batch_size_count") == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# MicroBatcher itself
+# ---------------------------------------------------------------------------------------------
+
+class Recorder:
+    """infer(items) -> [2 * x, x as a column]; records each batch; raises on items equal to POISON."""
+
+    POISON = -1
+
+    def __init__(self):
+        self.batches: list[list] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, items):
+        with self.lock:
+            self.batches.append(list(items))
+        if self.POISON in items:
+            raise ValueError(f"poisoned batch of {len(items)}")
+        x = np.asarray(items, dtype=np.float64)
+        return [2 * x, x[:, None]]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_batcher_splits_big_requests_and_reassembles_in_order():
+    async def main():
+        rec = Recorder()
+        sizes = []
+        b = MicroBatcher(rec, max_batch=8, max_wait_ms=1, on_batch=sizes.append)
+        await b.start()
+        try:
+            out = await b.submit(list(range(37)))
+        finally:
+            await b.stop()
+        return rec, sizes, out, b
+
+    rec, sizes, out, b = run(main())
+    assert [len(x) for x in rec.batches] == [8, 8, 8, 8, 5] == sizes
+    assert [x for batch in rec.batches for x in batch] == list(range(37))
+    np.testing.assert_array_equal(out[0], 2 * np.arange(37))
+    np.testing.assert_array_equal(out[1], np.arange(37)[:, None])
+    assert b.queued_items == 0
+
+
+def test_batcher_concurrent_callers_each_get_their_own_slice():
+    async def main():
+        rec = Recorder()
+        b = MicroBatcher(rec, max_batch=16, max_wait_ms=20)
+        await b.start()
+        try:
+            reqs = [list(range(100 * i, 100 * i + 1 + i % 5)) for i in range(30)]  # 1..5 items each
+            outs = await asyncio.gather(*(b.submit(r) for r in reqs))
+        finally:
+            await b.stop()
+        return rec, reqs, outs, b
+
+    rec, reqs, outs, b = run(main())
+    for r, o in zip(reqs, outs):
+        np.testing.assert_array_equal(o[0], 2 * np.asarray(r))
+        np.testing.assert_array_equal(o[1][:, 0], np.asarray(r))
+    assert len(rec.batches) < len(reqs)  # coalesced
+    assert all(len(x) <= 16 for x in rec.batches)  # never over max_batch
+    assert sorted(x for batch in rec.batches for x in batch) == sorted(x for r in reqs for x in r)
+    # a request that fits is never split across model calls
+    for r in reqs:
+        assert any(all(x in batch for x in r) for batch in rec.batches)
+    assert b.queued_items == 0
+
+
+def test_batcher_failure_fails_only_that_batch_and_keeps_working():
+    async def main():
+        rec = Recorder()
+        b = MicroBatcher(rec, max_batch=4, max_wait_ms=50)
+        await b.start()
+        try:
+            # A and B fill one batch of 4 (B is poisoned); C does not fit and goes to the next batch
+            res = await asyncio.gather(b.submit([1, 2]), b.submit([3, Recorder.POISON]), b.submit([5, 6, 7]),
+                                       return_exceptions=True)
+            after = await b.submit([8, 9])
+            # a request split over several batches, one of them poisoned, fails as a whole (and does not hang)
+            with pytest.raises(ValueError, match="poisoned"):
+                await b.submit([10, 11, 12, 13, Recorder.POISON, 15, 16, 17, 18])
+            last = await b.submit([19])
+        finally:
+            await b.stop()
+        return rec, res, after, last
+
+    rec, res, after, last = run(main())
+    assert rec.batches[0] == [1, 2, 3, Recorder.POISON]
+    assert isinstance(res[0], ValueError) and isinstance(res[1], ValueError)
+    np.testing.assert_array_equal(res[2][0], [10, 12, 14])
+    np.testing.assert_array_equal(after[0], [16, 18])
+    np.testing.assert_array_equal(last[0], [38])
+
+
+def test_batcher_abandoned_caller_does_not_break_it():
+    """A caller that gives up (the server's timeout) leaves the batcher working for everyone else."""
+    import time
+
+    def slow(items):
+        time.sleep(0.05)
+        return [np.asarray(items, dtype=np.float64)]
+
+    async def main():
+        b = MicroBatcher(slow, max_batch=2, max_wait_ms=0)
+        await b.start()
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(b.submit(list(range(10))), 0.01)
+            outs = await asyncio.gather(*(b.submit([i]) for i in range(5)))
+        finally:
+            await b.stop()
+        return outs, b
+
+    outs, b = run(main())
+    assert [float(o[0][0]) for o in outs] == [0, 1, 2, 3, 4]
+    assert b.queued_items == 0
+
+
+def test_batcher_without_waiting_runs_each_request_alone():
+    async def main():
+        rec = Recorder()
+        b = MicroBatcher(rec, max_batch=1, max_wait_ms=0)
+        await b.start()
+        try:
+            outs = await asyncio.gather(*(b.submit([i, i + 1]) for i in range(0, 10, 2)))
+        finally:
+            await b.stop()
+        return rec, outs
+
+    rec, outs = run(main())
+    assert all(len(x) == 1 for x in rec.batches) and len(rec.batches) == 10
+    for i, o in zip(range(0, 10, 2), outs):
+        np.testing.assert_array_equal(o[0], [2 * i, 2 * i + 2])
