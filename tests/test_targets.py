@@ -6,7 +6,7 @@ import platform
 import pytest
 import yaml
 
-from conftest import REPO
+from _support import REPO
 from edgeopt.errors import ConfigError, TargetError
 from edgeopt.targets import TargetSpec, get_target, target_names
 

@@ -94,24 +94,44 @@ def export(
 
 @app.command()
 def quantize(
-    model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact (from `edgeopt export`).")],
+    model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact (PTQ), or a PyTorch hf/torch artifact (--qat, or torch-side --ptq static).")],
     output: OutOpt,
-    ptq: Annotated[str, typer.Option(help="dynamic (weights int8, activations at run time) or static (QDQ, calibrated).")] = "dynamic",
+    ptq: Annotated[Optional[str], typer.Option(help="dynamic (weights int8, activations at run time) or static (QDQ, calibrated).")] = None,
+    qat: Annotated[bool, typer.Option("--qat", help="Quantization-aware training in PyTorch, exported as a TensorRT-style QDQ ONNX.")] = False,
     calib: Annotated[Optional[str], typer.Option(help="Calibration data for --ptq static.")] = None,
-    calib_samples: Annotated[int, typer.Option(help="Calibration samples to use.")] = 128,
+    calib_samples: Annotated[Optional[int], typer.Option(help="Calibration samples to use.")] = None,
     method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Per-channel weight scales.")] = True,
     target: TargetOpt = None,
     eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for the accuracy check (else fidelity on calibration/sample data).")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Fail if accuracy drops more than this many points.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Labelled training data for --qat.")] = None,
+    val_data: Annotated[Optional[str], typer.Option(help="Validation data for --qat (best epoch kept).")] = None,
+    epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
+    lr: Annotated[float, typer.Option(help="QAT learning rate.")] = 2e-5,
 ):
-    """Post-training quantization with ONNX Runtime, formats chosen per target, then an accuracy/fidelity check."""
-    from ..stages.quantize import QuantizeConfig
-    from ..stages.quantize import quantize as run
+    """Quantize to int8: ONNX Runtime PTQ on ONNX artifacts, or QAT / torch-side PTQ on PyTorch models."""
+    from ..artifact import load_artifact
 
-    cfg = make_config(QuantizeConfig, ptq=ptq, calib=calib, calib_samples=calib_samples, method=method,
-                      per_channel=per_channel, target=target, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
-    art = run(_model_path(model), output, cfg)
+    parent = load_artifact(_model_path(model))
+    if qat or (parent.manifest.format in ("hf", "torch")):
+        if not qat and ptq != "static":
+            raise ConfigError(f"{parent.path} is a PyTorch model: use --qat --data DATA, or --ptq static --calib DATA "
+                              "(torch-side PTQ); for ONNX Runtime PTQ run `edgeopt export` first")
+        from ..stages.qat import QATConfig
+        from ..stages.qat import qat as run_qat
+
+        cfg = make_config(QATConfig, data=data or calib, val_data=val_data, eval_data=eval_data, train=qat, epochs=epochs,
+                          lr=lr, calib_samples=calib_samples, target=target,
+                          calibration="percentile" if method == "percentile" else "max")
+        art = run_qat(parent, output, cfg)
+    else:
+        from ..stages.quantize import QuantizeConfig
+        from ..stages.quantize import quantize as run
+
+        cfg = make_config(QuantizeConfig, ptq=ptq or "dynamic", calib=calib, calib_samples=calib_samples, method=method,
+                          per_channel=per_channel, target=target, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
+        art = run(parent, output, cfg)
     m = art.manifest
     q = m.model["quantization"]
     ev = m.metrics["eval"]
@@ -119,7 +139,89 @@ def quantize(
                   f"(weights {q['weight_type']}{', per-channel' if q['per_channel'] else ''}, activations {q['activation_type']}), "
                   f"{m.metrics['size_bytes'] / 1e6:.1f} MB")
     parts = [f"{k} {v:.4f}" for k, v in ev.items() if k in ("parent_accuracy", "accuracy", "top1_agreement", "cosine_mean") and v is not None]
-    console.print(f"  on {ev['samples']} samples of {ev['data']}: " + ", ".join(parts))
+    if parts:
+        console.print(f"  on {ev.get('samples', '?')} samples of {ev['data']}: " + ", ".join(parts))
+
+
+@app.command()
+def merge(
+    base: Annotated[str, typer.Argument(help="Base Hugging Face checkpoint the adapter was trained on.")],
+    adapter: Annotated[str, typer.Option(help="PEFT adapter folder (adapter_config.json + weights).")],
+    output: OutOpt,
+    atol: Annotated[float, typer.Option(help="Max abs difference allowed between merged and PEFT outputs.")] = 1e-4,
+    data: DataOpt = None,
+):
+    """Merge a PEFT adapter (LoRA & co., with modules_to_save) into the base; checked against the PEFT model."""
+    from ..stages.merge import MergeConfig
+    from ..stages.merge import merge as run
+
+    art = run(_model_path(base), output, make_config(MergeConfig, adapter=adapter, atol=atol, check_data=data))
+    rec = art.manifest.metrics["numeric_check"]["outputs"]
+    console.print(f"[green]merged[/green] {art.path} ({art.manifest.task}); merged vs PEFT: "
+                  + ", ".join(f"{k} max abs diff {v['max_abs_err']:.2e}" for k, v in rec.items()))
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="PyTorch model (hf or torch artifact).")],
+    output: OutOpt,
+    sparsity: Annotated[float, typer.Option(help="Fraction to remove, in [0, 1).")],
+    structured: Annotated[Optional[str], typer.Option(help="heads | neurons (transformers) | channels (CNNs); omit for unstructured.")] = None,
+    importance: Annotated[str, typer.Option(help="magnitude or taylor (gradient x weight on --data).")] = "magnitude",
+    data: DataOpt = None,
+    recover_steps: Annotated[int, typer.Option(help="Recovery fine-tune steps on --data.")] = 0,
+    eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for accuracy before/after.")] = None,
+    lr: Annotated[float, typer.Option(help="Recovery learning rate.")] = 5e-5,
+):
+    """Prune weights (unstructured) or remove heads / neurons / channels (structured, smaller and faster)."""
+    from ..stages.prune import PruneConfig
+    from ..stages.prune import prune as run
+
+    cfg = make_config(PruneConfig, sparsity=sparsity, structured=structured, importance=importance, data=data,
+                      recover_steps=recover_steps, eval_data=eval_data, lr=lr)
+    art = run(_model_path(model), output, cfg)
+    _print_before_after(art, "pruned")
+
+
+@app.command()
+def distill(
+    teacher: Annotated[str, typer.Argument(help="Teacher: a PyTorch classifier (hf or torch artifact).")],
+    output: OutOpt,
+    data: Annotated[str, typer.Option(help="Labelled training data.")],
+    student_layers: Annotated[Optional[int], typer.Option(help="Student = the teacher with N evenly spaced layers kept.")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student HF config/checkpoint, or JSON factory kwargs for torch models.")] = None,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature T.")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the KL term (1 - alpha for cross-entropy).")] = 0.5,
+    hidden_loss: Annotated[bool, typer.Option("--hidden-loss", help="Add hidden-state MSE between mapped layers.")] = False,
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 32,
+    val_data: Annotated[Optional[str], typer.Option(help="Validation data (best epoch kept).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Labelled test data for the teacher/student record.")] = None,
+):
+    """Distill a smaller student from a teacher (KL at temperature T + cross-entropy, optional hidden MSE)."""
+    from ..stages.distill import DistillConfig
+    from ..stages.distill import distill as run
+
+    cfg = make_config(DistillConfig, data=data, student_layers=student_layers, student=student, temperature=temperature,
+                      alpha=alpha, hidden_loss=hidden_loss, epochs=epochs, lr=lr, batch_size=batch_size,
+                      val_data=val_data, eval_data=eval_data)
+    art = run(_model_path(teacher), output, cfg)
+    m = art.manifest.metrics
+    t, st = m["teacher"], m["student"]
+    console.print(f"[green]distilled[/green] {art.path}: params {t['params']:,} -> {st['params']:,}, "
+                  f"torch latency b8 {t['latency_ms_b8']:.1f} -> {st['latency_ms_b8']:.1f} ms"
+                  + (f", accuracy {t['accuracy']:.4f} -> {st['accuracy']:.4f}" if "accuracy" in st else ""))
+
+
+def _print_before_after(art, verb: str) -> None:
+    m = art.manifest.metrics
+    b, a = m["before"], m["after"]
+    console.print(f"[green]{verb}[/green] {art.path}: params {b['params']:,} -> {a['params']:,}, "
+                  f"torch latency b8 {b['latency_ms_b8']:.1f} -> {a['latency_ms_b8']:.1f} ms"
+                  + (f", accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}" if "accuracy" in a else ""))
+    if m["prune"].get("note"):
+        console.print(f"  note: {m['prune']['note']} (sparsity {m['prune']['sparsity']:.3f})")
 
 
 def _parse_ints(s: str, opt: str) -> list[int]:

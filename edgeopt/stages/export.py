@@ -196,14 +196,16 @@ def _optimize(src: Path, dst: Path, parent: Artifact, cfg: ExportConfig) -> dict
     if parent.manifest.format == "hf":
         hf_cfg = json.loads((parent.path / "config.json").read_text())
         hf_type = hf_cfg.get("model_type")
+    pruned_heads = parent.manifest.model.get("attention_heads")
+    if hf_type in FUSABLE and pruned_heads and int(pruned_heads) != int(hf_cfg.get("num_attention_heads", 0)):
+        # ONNX Runtime's Attention fusion assumes Q/K/V as wide as the hidden size; head-pruned
+        # layers are narrower, so they run unfused (still correct; FFN fusions below need it too).
+        hf_type = None
     if hf_type in FUSABLE:
         from onnxruntime.transformers.optimizer import optimize_model
 
         heads = int(hf_cfg.get("num_attention_heads", 0))
         hidden = int(hf_cfg.get("hidden_size", hf_cfg.get("dim", 0)))
-        pruned_heads = parent.manifest.model.get("attention_heads")
-        if pruned_heads:  # structurally pruned: every layer keeps the same number of heads
-            heads = int(pruned_heads)
         logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
         opt = optimize_model(str(src), model_type=FUSABLE[hf_type], num_heads=heads, hidden_size=hidden, opt_level=0)
         fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}

@@ -277,7 +277,6 @@ def _prune_channels(wrapper, sparsity: float, scores, pre, probe) -> dict:
     from torch import nn
 
     chain = [(n, m) for n, m in wrapper.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
-    named = {id(p): n for n, p in wrapper.named_parameters()}
     report = {}
     i = 0
     while i < len(chain):
@@ -294,7 +293,8 @@ def _prune_channels(wrapper, sparsity: float, scores, pre, probe) -> dict:
            not (isinstance(nxt, nn.Linear) and nxt.in_features == conv.out_channels):
             i += 1
             continue
-        w = scores[named[id(conv.weight)]] if scores is not None else conv.weight.detach().abs()
+        # Taylor scores are keyed by parameter name (computed before any layer was replaced).
+        w = scores[f"{name}.weight"] if scores is not None and f"{name}.weight" in scores else conv.weight.detach().abs()
         imp = w.sum(dim=(1, 2, 3))
         n = conv.out_channels
         keep = torch.sort(torch.argsort(imp, descending=True)[: n - _n_remove(n, sparsity)]).values

@@ -160,30 +160,65 @@ def live_server(artifact, **settings) -> Iterator[LiveServer]:
         srv.stop()
 
 
-def start_cli_server(artifact, *args: str, env: Optional[dict] = None, timeout: float = 90.0):
-    """``edgeopt serve ARTIFACT --port P ...`` as a subprocess; returns (process, base_url) once /readyz is 200."""
-    import httpx
+class CliServer:
+    """``edgeopt serve ARTIFACT --port P ...`` as a subprocess; stdout/stderr go to a log file (never a pipe
+    nobody reads: uvicorn logs every request)."""
 
-    port = free_port()
-    path = artifact.path if hasattr(artifact, "path") else artifact
-    cmd = [EDGEOPT_BIN, "serve", str(path), "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise RuntimeError(f"edgeopt serve exited with {proc.returncode} during startup:\n{out}\n{err}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    proc.communicate()
-    raise RuntimeError(f"edgeopt serve not ready after {timeout} s")
+    def __init__(self, artifact, *args: str, env: Optional[dict] = None, log_dir: Optional[Path] = None):
+        import tempfile
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        path = artifact.path if hasattr(artifact, "path") else artifact
+        self.cmd = [EDGEOPT_BIN, "serve", str(path), "--port", str(self.port), *args]
+        fd, name = tempfile.mkstemp(prefix="edgeopt-serve-", suffix=".log", dir=log_dir)
+        self.log_path = Path(name)
+        self._log = os.fdopen(fd, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 90.0) -> "CliServer":
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"edgeopt serve exited with {self.proc.returncode} during startup:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"edgeopt serve not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        """SIGTERM, wait; SIGKILL if it does not go. Returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_cli_server(artifact, *args: str, env: Optional[dict] = None, timeout: float = 90.0) -> CliServer:
+    """Start ``edgeopt serve`` and wait until /readyz answers 200."""
+    srv = CliServer(artifact, *args, env=env)
+    try:
+        return srv.wait_ready(timeout)
+    except BaseException:
+        srv.stop()
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

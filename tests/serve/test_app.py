@@ -247,6 +247,12 @@ def test_bad_requests_get_json_errors_and_the_server_stays_up(cls_server, cls_re
             "input_ids": [[101, 102], [1]], "attention_mask": [[1, 1]], "token_type_ids": [[0, 0]]}}), 422)
         assert_error_body(c.post("/v1/predict", json={"tensors": {
             "input_ids": [[1.5, "a"]], "attention_mask": [[1, 1]], "token_type_ids": [[0, 0]]}}), 422)
+        # a lone surrogate cannot reach the tokenizer (it would fail the whole micro-batch)
+        assert_error_body(c.post("/v1/predict", content=b'{"inputs": ["a \\ud800 b"]}', headers=bad_json), 422)
+        deep = b'{"tensors": {"input_ids": ' + b"[" * 100_000 + b"1" + b"]" * 100_000 + b"}}"
+        r = c.post("/v1/predict", content=deep, headers=bad_json)  # nesting past the JSON parser's recursion limit
+        assert r.status_code in (400, 422), r.status_code
+        assert_error_body(r)
         assert_error_body(c.get("/v1/nothing-here"), 404)
         assert_error_body(c.delete("/v1/predict"), 405)
         # after all that, a good request still works and is right
@@ -397,7 +403,8 @@ def test_request_timeout_is_504(serve_cls_onnx):
 def test_cli_serve_predict_and_graceful_sigterm(serve_cls_onnx, cls_ref):
     # max_batch 20 and a long max_wait: 64 texts are chunks of 20, 20, 20 and 4, and the last one waits
     # up to a second for company, so the request is surely in flight when SIGTERM arrives
-    proc, url = start_cli_server(serve_cls_onnx, "--threads", "1", "--max-batch", "20", "--max-wait-ms", "1000")
+    srv = start_cli_server(serve_cls_onnx, "--threads", "1", "--max-batch", "20", "--max-wait-ms", "1000")
+    proc, url = srv.proc, srv.url
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
             assert c.get("/v1/model").json()["batching"] == {"max_batch": 20, "max_wait_ms": 1000.0}
@@ -409,21 +416,26 @@ def test_cli_serve_predict_and_graceful_sigterm(serve_cls_onnx, cls_ref):
 
         def slow():
             result["r"] = httpx.post(url + "/v1/predict", json={"inputs": [LONG_TEXT] * 64}, timeout=60)
+            result["done"] = time.monotonic()
 
         th = threading.Thread(target=slow)
         th.start()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until the server has it
+        while time.monotonic() < deadline:  # wait until the server has it (the /metrics request itself is 1)
             if metric_value(httpx.get(url + "/metrics").text, "edgeopt_in_flight_requests") >= 2:
                 break
             time.sleep(0.005)
+        else:
+            pytest.fail("the slow request never showed up in edgeopt_in_flight_requests")
+        sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         th.join(60)
         rc = proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        out, err = proc.communicate()
+        srv.stop()
+    err = srv.log()
+    assert "r" in result, err
+    assert result["done"] > sent  # it really was in flight when the signal arrived
     assert result["r"].status_code == 200, result["r"].text
     assert len(result["r"].json()["predictions"]) == 64
     assert rc in (0, -signal.SIGTERM), err  # exit 0 is what it should be: see test_cli_serve_sigterm_exits_0
@@ -435,15 +447,14 @@ def test_cli_serve_predict_and_graceful_sigterm(serve_cls_onnx, cls_ref):
                    "captured once the graceful shutdown is done (uvicorn Server.capture_signals -> signal.raise_signal), "
                    "so `edgeopt serve` dies by the signal (returncode -15, shell 143) instead of exiting 0")
 def test_cli_serve_sigterm_exits_0(serve_cls_onnx):
-    proc, url = start_cli_server(serve_cls_onnx, "--threads", "1")
+    srv = start_cli_server(serve_cls_onnx, "--threads", "1")
     try:
-        assert httpx.get(url + "/healthz").status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(60)
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+        srv.proc.send_signal(signal.SIGTERM)
+        rc = srv.proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        out, err = proc.communicate()
+        srv.stop()
+    err = srv.log()
     assert "Application shutdown complete" in err
     assert rc == 0, (rc, err)
 

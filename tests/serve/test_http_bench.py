@@ -48,8 +48,12 @@ def test_cli_bench_url_prints_the_table(cls_server):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     out = p.stdout
-    assert "bert-cls-onnx" in out and cls_server.url in out
-    assert "p50" in out and "p99" in out
+    assert "edgeopt bench" in out and "bert-cls" in out  # the artifact column may be squeezed with an ellipsis
+    for header in ("p50 ms", "p90 ms", "p99 ms", "items/s", "concurrency", "requests", "errors"):
+        assert header in out, out
+    row = next(ln for ln in out.splitlines() if "bert-cls" in ln)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[1] == "http" and cells[-3:] == ["2", "20", "0"], cells  # concurrency, requests, errors
     assert "Traceback" not in p.stderr
 
 
