@@ -149,10 +149,27 @@ def fit(model, n_train: int, batch_loss: Callable, s: TrainSettings,
         model.load_state_dict(best_state)
     else:
         best_epoch = s.epochs
+    if distributed:
+        _check_replicas_agree(model)
     model.eval()
     model.to("cpu")
     return TrainResult(best_epoch=best_epoch, best_val_accuracy=best_acc if best_acc >= 0 else None,
                        history=history, world_size=world)
+
+
+def _check_replicas_agree(model) -> None:
+    """DDP keeps replicas identical; verify it before rank 0 writes the artifact."""
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        local = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+        local = local.to(D.device()) if torch.cuda.is_available() else local
+        gathered = [torch.zeros_like(local) for _ in range(D.world_size())]
+        dist.all_gather(gathered, local)
+    values = [float(g.item()) for g in gathered]
+    if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+        raise StageError(f"distributed replicas diverged (parameter sums {values}); this is a bug — please report it")
 
 
 class _null:

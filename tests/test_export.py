@@ -1,7 +1,6 @@
 """Export: PyTorch / HF -> ONNX, checked with real ONNX Runtime sessions against the torch model."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def _text_feeds(tok_dir: Path, texts: list[str], seq_len: int, names: list[str])
     return {n: enc[n].astype(np.int64) for n in names}
 
 
-def _check_manifest(art, parent_format: str):
+def _check_manifest(art):
     m = art.manifest
     assert m.format == "onnx"
     assert m.model["file"] == "model.onnx" and m.model["precision"] == "fp32"
@@ -71,7 +70,7 @@ def _check_manifest(art, parent_format: str):
 # --- text models ----------------------------------------------------------------------------------
 
 def test_export_text_classifier_manifest(cls_onnx):
-    _check_manifest(cls_onnx, "hf")
+    _check_manifest(cls_onnx)
     m = cls_onnx.manifest
     assert m.task == "text-classification" and m.labels == ["a", "b", "c"]
     assert [t.name for t in m.io.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -102,7 +101,7 @@ def test_text_onnx_matches_torch_dynamic_axes(request, fixture, parent_fixture):
 
 
 def test_export_feature_extraction_manifest(emb_onnx):
-    _check_manifest(emb_onnx, "hf")
+    _check_manifest(emb_onnx)
     m = emb_onnx.manifest
     assert m.task == "feature-extraction" and m.labels is None
     assert m.io.outputs[0].name == "embeddings" and m.io.outputs[0].shape == ["batch", 32]
@@ -138,7 +137,7 @@ def test_export_check_data_of_wrong_kind(tmp_path, tiny_text_classifier):
 def test_image_onnx_matches_torch(request, fixture, parent_fixture, chw):
     art = request.getfixturevalue(fixture)
     parent = request.getfixturevalue(parent_fixture)
-    _check_manifest(art, "")
+    _check_manifest(art)
     assert art.manifest.task == "image-classification"
     assert art.manifest.io.inputs[0].shape == ["batch", *chw]
     sess = _session(art)

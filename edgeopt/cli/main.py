@@ -403,6 +403,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("EDGEOPT_DEBUG"))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        console.quiet = True
     if not debug:  # library deprecation chatter is not the user's problem
         import warnings
 

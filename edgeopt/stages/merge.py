@@ -121,6 +121,8 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     labels = None
     if (adapter / "labels.json").is_file():
         labels = json.loads((adapter / "labels.json").read_text())
+    elif (adapter.parent / "manifest.json").is_file():  # an adapter kept inside a finetune artifact
+        labels = json.loads((adapter.parent / "manifest.json").read_text()).get("labels")
     head = [s for k, s in shapes.items() if "modules_to_save" in k or k.endswith("classifier.weight")]
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
