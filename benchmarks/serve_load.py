@@ -17,8 +17,6 @@ with the servers, so absolute numbers are modest and noisy; the ratios are the p
 
     python benchmarks/serve_load.py [--workdir runs/serve-load] [--soak-seconds 300] [--md serve_load.md]
 """
-from __future__ import annotations
-
 import argparse
 import os
 import socket
@@ -41,7 +39,9 @@ EDGEOPT_BIN = str(Path(sys.executable).parent / "edgeopt")
 # ---------------------------------------------------------------------------------------------
 
 def tutorial_app(artifact_dir: Path, threads: int):
-    """What most FastAPI + ONNX Runtime tutorials write: pad every text to 128 tokens, one request at a time."""
+    """What most FastAPI + ONNX Runtime tutorials write: pad every text to 128 tokens, one request at a time.
+
+    (No ``from __future__ import annotations`` in this file: FastAPI must see the real ``Request`` class.)"""
     import json
 
     import numpy as np
@@ -328,18 +328,22 @@ def render(r: dict, args, artifact: Path, seconds: float) -> str:
     s = r["soak"]
     out += ["", "| comparison | result |", "|---|---|",
             f"| server overhead at concurrency 1, batched server (p50 minus in-process p50) | "
-            f"{r['batched_c1'].p50_ms - inproc['p50_ms']:+.2f} ms ({r['batched_c1'].p50_ms / inproc['p50_ms']:.2f}x) |",
+            f"{r['batched_c1'].p50_ms - inproc['p50_ms']:+.2f} ms ({ratio(r['batched_c1'].p50_ms, inproc['p50_ms'])}) |",
             f"| server overhead at concurrency 1, batching off | "
-            f"{r['unbatched_c1'].p50_ms - inproc['p50_ms']:+.2f} ms ({r['unbatched_c1'].p50_ms / inproc['p50_ms']:.2f}x) |",
-            f"| micro-batching at 16 clients: batched / batching off throughput | {b16 / u16:.2f}x ({b16:.0f} vs {u16:.0f} items/s) |",
-            f"| edgeopt (batched) / tutorial FastAPI throughput at 16 clients | {b16 / t16:.2f}x ({b16:.0f} vs {t16:.0f} items/s) |",
-            f"| edgeopt (batching off) / tutorial FastAPI throughput at 16 clients | {u16 / t16:.2f}x |",
-            f"| tutorial / edgeopt batching-off p50 at concurrency 1 | {r['tutorial_c1'].p50_ms / r['unbatched_c1'].p50_ms:.2f}x |",
+            f"{r['unbatched_c1'].p50_ms - inproc['p50_ms']:+.2f} ms ({ratio(r['unbatched_c1'].p50_ms, inproc['p50_ms'])}) |",
+            f"| micro-batching at 16 clients: batched / batching off throughput | {ratio(b16, u16)} ({b16:.0f} vs {u16:.0f} items/s) |",
+            f"| edgeopt (batched) / tutorial FastAPI throughput at 16 clients | {ratio(b16, t16)} ({b16:.0f} vs {t16:.0f} items/s) |",
+            f"| edgeopt (batching off) / tutorial FastAPI throughput at 16 clients | {ratio(u16, t16)} |",
+            f"| tutorial / edgeopt batching-off p50 at concurrency 1 | {ratio(r['tutorial_c1'].p50_ms, r['unbatched_c1'].p50_ms)} |",
             f"| soak ({args.soak_seconds:g} s, 32 clients): requests, errors | {s['row'].requests}, {s['row'].errors}"
             f"{'' if s['row'].errors == 0 else ' ' + str(s['row'].status_counts)}; server {'alive' if s['alive'] else 'DEAD'} |",
             f"| soak: server RSS after warm-up -> end (peak) | {s['rss_start']:.0f} -> {s['rss_end']:.0f} MB "
             f"({s['rss_growth']:+.1f} MB, {100 * s['rss_growth'] / s['rss_start']:+.1f}%; peak {s['rss_peak']:.0f} MB) |"]
     return "\n".join(out) + "\n"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a (no successful requests)"
 
 
 if __name__ == "__main__":

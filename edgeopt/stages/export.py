@@ -58,7 +58,7 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 
 def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, *, stage: str = "export",
                   stage_config: Optional[dict] = None, model_info: Optional[dict] = None,
-                  metrics: Optional[dict] = None) -> Artifact:
+                  metrics: Optional[dict] = None, basic_only: bool = False) -> Artifact:
     """Export ``module`` (the parent's network, possibly changed, e.g. with fake-quant for QAT)
     and check ONNX Runtime against it."""
     import torch
@@ -84,7 +84,10 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
         raw = tmp / "raw.onnx"
         _torch_export(module, args, raw, io, cfg)
         onnx_file = tmp / "model.onnx"
-        optimization = _optimize(raw, onnx_file, parent, cfg) if cfg.optimize else _copy_model(raw, onnx_file)
+        if basic_only:  # QDQ graphs: constant folding turns Q(weight) into int8 initializers; no fusions
+            optimization = _basic(raw, onnx_file)
+        else:
+            optimization = _optimize(raw, onnx_file, parent, cfg) if cfg.optimize else _copy_model(raw, onnx_file)
         if isinstance(pm.io.preprocessing, TextPreprocessing):
             pre._tokenizer.save_pretrained(tmp / "tokenizer")
             io.preprocessing = TextPreprocessing(tokenizer="tokenizer", max_length=pm.io.preprocessing.max_length,
@@ -211,6 +214,10 @@ def _optimize(src: Path, dst: Path, parent: Artifact, cfg: ExportConfig) -> dict
         fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
         save_onnx(opt.model, dst)
         return {"level": "transformer-fusion", "model_type": FUSABLE[hf_type], "fused_ops": fused}
+    return _basic(src, dst)
+
+
+def _basic(src: Path, dst: Path) -> dict:
     import onnx
     import onnxruntime as ort
 

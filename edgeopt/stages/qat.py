@@ -93,10 +93,10 @@ def qat(model, out, config: QATConfig) -> Artifact:
            "weight_symmetric": True, "activation_symmetric": True, "zero_point": 0, "per_channel": True,
            "layers": len(swapped)}
     art = export_module(parent, wrapper, out,
-                        ExportConfig(opset=cfg.opset, atol=cfg.atol, rtol=cfg.rtol, optimize=False,
+                        ExportConfig(opset=cfg.opset, atol=cfg.atol, rtol=cfg.rtol,
                                      check_data=cfg.eval_data or cfg.data, check_samples=32),
                         stage=stage, stage_config=cfg.model_dump(), metrics=metrics,
-                        model_info={"precision": "int8", "quantization": fmt})
+                        model_info={"precision": "int8", "quantization": fmt}, basic_only=True)
     D.barrier()
     if evald is not None:
         art = _record_onnx_accuracy(art, evald, fp32, pre, cfg)
