@@ -44,46 +44,15 @@ STAGE_REF = re.compile(r"\{stages\.([A-Za-z0-9_.-]+)\}")
 PATH_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "check_data", "data", "source", "adapter")
 
 
-def _run_finetune(parent, out, cfg):
-    from .stages.finetune import finetune
+def _lazy(module: str, func: str) -> Callable:
+    """A stage runner imported on first use, so validating a recipe loads no torch."""
 
-    return finetune(parent, out, cfg)
+    def run(parent, out, cfg):
+        import importlib
 
+        return getattr(importlib.import_module(module), func)(parent, out, cfg)
 
-def _run_export(parent, out, cfg):
-    from .stages.export import export
-
-    return export(parent, out, cfg)
-
-
-def _run_quantize(parent, out, cfg):
-    from .stages.quantize import quantize
-
-    return quantize(parent, out, cfg)
-
-
-def _run_merge(parent, out, cfg):
-    from .stages.merge import merge
-
-    return merge(parent, out, cfg)
-
-
-def _run_prune(parent, out, cfg):
-    from .stages.prune import prune
-
-    return prune(parent, out, cfg)
-
-
-def _run_distill(parent, out, cfg):
-    from .stages.distill import distill
-
-    return distill(parent, out, cfg)
-
-
-def _run_qat(parent, out, cfg):
-    from .stages.qat import qat
-
-    return qat(parent, out, cfg)
+    return run
 
 
 @dataclass
@@ -94,13 +63,13 @@ class StageKind:
 
 
 STAGES: dict[str, StageKind] = {
-    "finetune": StageKind(FinetuneConfig, _run_finetune, needs_input=False),
-    "merge": StageKind(MergeConfig, _run_merge),
-    "prune": StageKind(PruneConfig, _run_prune),
-    "distill": StageKind(DistillConfig, _run_distill),
-    "qat": StageKind(QATConfig, _run_qat),
-    "export": StageKind(ExportConfig, _run_export),
-    "quantize": StageKind(QuantizeConfig, _run_quantize),
+    "finetune": StageKind(FinetuneConfig, _lazy("edgeopt.stages.finetune", "finetune"), needs_input=False),
+    "merge": StageKind(MergeConfig, _lazy("edgeopt.stages.merge", "merge")),
+    "prune": StageKind(PruneConfig, _lazy("edgeopt.stages.prune", "prune")),
+    "distill": StageKind(DistillConfig, _lazy("edgeopt.stages.distill", "distill")),
+    "qat": StageKind(QATConfig, _lazy("edgeopt.stages.qat", "qat")),
+    "export": StageKind(ExportConfig, _lazy("edgeopt.stages.export", "export")),
+    "quantize": StageKind(QuantizeConfig, _lazy("edgeopt.stages.quantize", "quantize")),
     "bench": StageKind(BenchConfig, None),
 }
 

@@ -59,20 +59,22 @@ def test_openapi_document(cls_server):
     assert {"401", "413", "422", "503", "504"} <= set(doc["paths"]["/v1/predict"]["post"]["responses"])
 
 
-def test_readyz_is_503_until_the_model_is_loaded(serve_cls_onnx):
-    """Before the loader thread has finished, predict and /readyz answer 503 (JSON), /healthz 200."""
-    from starlette.testclient import TestClient
-
-    from edgeopt.serve.app import ServeSettings, create_app
-
-    app = create_app(ServeSettings(artifact=str(serve_cls_onnx.path), threads=1))
-    with TestClient(app) as c:
-        app.state.serve_state["ready"] = False  # as while loading
-        assert c.get("/healthz").status_code == 200
-        assert "loading" in assert_error_body(c.get("/readyz"), 503)
-        assert_error_body(c.post("/v1/predict", json={"inputs": ["x"]}), 503)
-        app.state.serve_state["error"] = "boom"
-        assert "boom" in assert_error_body(c.get("/readyz"), 503)
+def test_readyz_and_predict_are_503_while_loading(cls_server):
+    """Until the loader thread has finished (or when it failed), predict and /readyz answer 503, /healthz 200."""
+    state = cls_server.app.state.serve_state
+    try:
+        state["ready"] = False  # as while loading
+        with client(cls_server) as c:
+            assert c.get("/healthz").status_code == 200
+            assert "loading" in assert_error_body(c.get("/readyz"), 503)
+            assert_error_body(c.post("/v1/predict", json={"inputs": ["x"]}), 503)
+            state["error"] = "model.onnx: boom"  # as after a failed load
+            assert "boom" in assert_error_body(c.get("/readyz"), 503)
+            assert "boom" in assert_error_body(c.post("/v1/predict", json={"inputs": ["x"]}), 503)
+    finally:
+        state.update(ready=True, error=None)
+    with client(cls_server) as c:
+        assert c.get("/readyz").status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +337,8 @@ def test_image_decoding_does_not_block_the_server(serve_digits_onnx):
         t0 = time.perf_counter()
         c.post("/v1/predict", json={"images": [png]})
         one = time.perf_counter() - t0  # time to decode one such image here
+        if one < 0.1:
+            pytest.skip(f"this machine decodes a 64 Mpixel PNG in {one:.3f} s: too fast for the check to mean anything")
         result = {}
 
         def slow():
@@ -349,7 +353,6 @@ def test_image_decoding_does_not_block_the_server(serve_digits_onnx):
         health = c.get("/healthz")
         health_s = time.perf_counter() - t
         th.join()
-    assert one > 0.1, "this machine decodes too fast for the check to mean anything"
     assert health.status_code == 200
     assert health_s < 0.5, f"/healthz took {health_s:.2f} s while a request decoded images"
     assert result["r"].status_code in (422, 504) and result["s"] < 0.5 + one, (result["r"].status_code, result["s"])
