@@ -35,6 +35,7 @@ class ServeSettings(BaseModel):
     max_text_chars: int = Field(4096, ge=1)  # per text; tokens beyond the model's max_length are truncated
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     timeout_s: float = Field(30.0, gt=0)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)  # checked from the header, before decoding
 
 
 class _Error(BaseModel):
@@ -102,6 +103,9 @@ def create_app(settings: ServeSettings):
         metrics.inference.observe(time.perf_counter() - t)
         return out
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeopt-decode")
     batcher = MicroBatcher(infer, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                            on_batch=metrics.batch_size.observe)
 
@@ -112,6 +116,7 @@ def create_app(settings: ServeSettings):
         loader.start()
         yield
         await batcher.stop()
+        decoder.shutdown(wait=False)
 
     app = FastAPI(title="edgeopt serve", version=m.edgeopt_version, lifespan=lifespan,
                   description=f"Serving {art.name}: {m.task}, {m.format} {m.model.get('precision', 'fp32')}.")
@@ -230,17 +235,31 @@ def create_app(settings: ServeSettings):
             raise HTTPException(504, f"prediction took longer than {settings.timeout_s:g} s") from None
 
     def decode_image(data: bytes, where: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         assert isinstance(pre_spec, ImagePreprocessing)
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data))  # reads the header only
+            if img.width * img.height > settings.max_image_pixels:
+                raise HTTPException(422, f"{where}: {img.width}x{img.height} pixels is over the limit of "
+                                         f"{settings.max_image_pixels}; downscale it first")
             img = img.convert("L" if pre_spec.channels == 1 else "RGB")
             h, w = pre_spec.size
             img = img.resize((w, h))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        except HTTPException:
+            raise
+        except Exception as e:  # Pillow raises many types for malformed files (incl. NotImplementedError)
             raise HTTPException(422, f"{where}: not a decodable image ({type(e).__name__})") from None
         return np.asarray(img, dtype=np.float32)
+
+    async def decode_images(raws: list[tuple[bytes, str]]) -> list[np.ndarray]:
+        """Decode off the event loop (big images must not stall other requests), under the timeout."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(decoder, lambda: [decode_image(b, where) for b, where in raws]), settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"decoding images took longer than {settings.timeout_s:g} s") from None
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=errors)
     async def predict(req: PredictRequest):  # type: ignore[valid-type]
@@ -259,13 +278,13 @@ def create_app(settings: ServeSettings):
         if field == "inputs":
             items = req.inputs
         else:
-            items = []
+            raws = []
             for i, b in enumerate(req.images):
                 try:
-                    raw = base64.b64decode(b, validate=True)
+                    raws.append((base64.b64decode(b, validate=True), f"images.{i}"))
                 except (binascii.Error, ValueError):
                     raise HTTPException(422, f"images.{i}: not valid base64") from None
-                items.append(decode_image(raw, f"images.{i}"))
+            items = await decode_images(raws)
         outputs = await run_items(items)
         metrics.items.inc(len(items))
         return render(outputs, req.top_k)
@@ -278,7 +297,7 @@ def create_app(settings: ServeSettings):
             raise HTTPException(422, "this model does not take images; use POST /v1/predict with 'inputs' or 'tensors'")
         if not files or len(files) > settings.max_items:
             raise HTTPException(422, f"files: send 1..{settings.max_items} images per request")
-        items = [decode_image(await f.read(), f"files.{i}") for i, f in enumerate(files)]
+        items = await decode_images([(await f.read(), f"files.{i}") for i, f in enumerate(files)])
         outputs = await run_items(items)
         metrics.items.inc(len(items))
         return render(outputs, 1)
@@ -355,9 +374,14 @@ def app_from_env():
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           log_level: str = "info") -> None:
+    import signal
+
     import uvicorn
 
     load_artifact(settings.artifact)  # fail fast on a bad path, before binding the port
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
+    # there before it; a no-op one makes a graceful stop exit 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if workers > 1:
         os.environ["EDGEOPT_SERVE_SETTINGS"] = settings.model_dump_json()
         uvicorn.run("edgeopt.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,

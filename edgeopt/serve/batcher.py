@@ -36,6 +36,7 @@ class MicroBatcher:
         self._task: Optional[asyncio.Task] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeopt-infer")
         self.queued_items = 0
+        self._last_requests = 0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -70,7 +71,10 @@ class MicroBatcher:
             carry = None
             batch = [first]
             size = len(first[2])
-            deadline = time.monotonic() + self.max_wait
+            # Wait for company only when there is concurrency (the last batch had several
+            # requests): a lone caller is served at once instead of paying max_wait_ms.
+            wait = self.max_wait if self._last_requests > 1 else 0.0
+            deadline = time.monotonic() + wait
             while size < self.max_batch:
                 timeout = deadline - time.monotonic()
                 try:
@@ -83,6 +87,7 @@ class MicroBatcher:
                 batch.append(nxt)
                 size += len(nxt[2])
             items = [x for _, _, chunk in batch for x in chunk]
+            self._last_requests = len(batch)
             self.queued_items -= len(items)
             if self.on_batch:
                 self.on_batch(len(items))
