@@ -325,14 +325,23 @@ def _huge_png(side: int) -> bytes:
     return buf.getvalue()
 
 
+def test_image_over_the_pixel_limit_is_rejected_before_decoding(serve_digits_onnx):
+    png = base64.b64encode(_huge_png(8000)).decode()  # 64 Mpixel, over the default 4096x4096
+    with live_server(serve_digits_onnx) as srv, client(srv) as c:
+        t0 = time.perf_counter()
+        r = c.post("/v1/predict", json={"images": [png]})
+        assert "over the limit" in assert_error_body(r, 422)
+        assert time.perf_counter() - t0 < 1.0
+
+
 def test_image_decoding_does_not_block_the_server(serve_digits_onnx):
-    png = base64.b64encode(_huge_png(8000)).decode()
+    png = base64.b64encode(_huge_png(4000)).decode()  # 16 Mpixel: under the limit, slow to decode
     with live_server(serve_digits_onnx, timeout_s=0.5) as srv, client(srv) as c:
         t0 = time.perf_counter()
         c.post("/v1/predict", json={"images": [png]})
         one = time.perf_counter() - t0  # time to decode one such image here
         if one < 0.1:
-            pytest.skip(f"this machine decodes a 64 Mpixel PNG in {one:.3f} s: too fast for the check to mean anything")
+            pytest.skip(f"this machine decodes a 16 Mpixel PNG in {one:.3f} s: too fast for the check to mean anything")
         result = {}
 
         def slow():
