@@ -21,6 +21,7 @@ class QuantSpec(BaseModel):
     weight_symmetric: bool = True
     reduce_range: Union[bool, Literal["auto"]] = False
     per_channel: Optional[bool] = None  # None: follow the command's option
+    quantize_bias: bool = True  # int32 bias Q/DQ; TensorRT wants biases left in float
 
 
 class DockerSpec(BaseModel):

@@ -252,9 +252,6 @@ def test_debug_shows_traceback(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgeopt/stages/quantize.py wraps the InputError for unusable --calib data in StageError "
-    "('ONNX Runtime quantization failed (...)'), so the CLI exits 1 (failure) instead of 2 (bad input)"))
 def test_calibration_data_with_wrong_fields_is_usage_error(tmp_path, cls_onnx, bad_jsonl):
     out = tmp_path / "out"
     line = assert_clean_failure(cli("quantize", cls_onnx.path, "--ptq", "static", "--calib", bad_jsonl, "-o", out),

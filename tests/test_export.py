@@ -162,10 +162,6 @@ def test_export_torch_factory_manifest(digits_onnx, digits_torch):
     assert m.lineage[-1].parent_hash == load_artifact(digits_torch).manifest.digest()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgeopt/models/hf.py adopt_hf_folder: a checkpoint whose config.json has no id2label (transformers does not "
-    "write the default 2-label id2label/num_labels) gets labels=None and an IO spec output shape ['batch', 0]; "
-    "it should fall back to config num_labels (default 2) and LABEL_i names"))
 def test_vit_manifest_output_width_matches_model(vit_onnx):
     (got,) = _session(vit_onnx).run(["logits"], {"pixel_values": np.zeros((1, 3, 16, 16), np.float32)})
     assert got.shape == (1, 2)
@@ -300,10 +296,6 @@ def test_dynamo_exporter_image_model(tmp_path, digits_torch):
                                    atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgeopt/stages/export.py _torch_export passes dynamic_shapes=tuple(one entry per input) but the HF text "
-    "wrappers in models/hf.py take forward(self, *inputs); torch.export sees one (varargs) parameter and fails "
-    "with 'inputs has 1 elements, but dynamic_shapes has 3 elements'"))
 def test_dynamo_exporter_text_model(tmp_path, tiny_text_classifier):
     art = export(tiny_text_classifier, tmp_path / "dyn", ExportConfig(exporter="dynamo", opset=18, check_samples=4))
     assert art.manifest.model["exporter"] == "dynamo"

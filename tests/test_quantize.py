@@ -173,10 +173,6 @@ def test_tensorrt_targets_use_symmetric_int8(request, model, target):
     assert quantize_zps and all(zp.dtype == np.int8 for zp in quantize_zps)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgeopt/stages/quantize.py quantize_static: for TensorRT targets the biases are still quantized to int32 "
-    "DequantizeLinear nodes (ONNX Runtime's default QuantizeBias=True); TensorRT only parses int8 Q/DQ and rejects "
-    "them ('Invalid Node - ..._DequantizeLinear'). extra_options should set QuantizeBias=False for runtime tensorrt"))
 @pytest.mark.parametrize("model", ["cls", "digits"])
 @pytest.mark.parametrize("target", ["jetson", "gpu-server"])
 def test_tensorrt_targets_every_zero_point_is_int8_zero(request, model, target):
@@ -273,10 +269,6 @@ def test_bad_calib_data_fails_and_leaves_nothing(tmp_path, cls_onnx, bad_jsonl):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgeopt/stages/quantize.py: load_dataset(cfg.calib) runs inside the try block that re-raises only "
-    "ConfigError/StageError, so the InputError for unusable calibration data (wrong fields, missing file) is "
-    "wrapped as StageError 'ONNX Runtime quantization failed (...)' with exit code 1 instead of InputError (exit 2)"))
 def test_bad_calib_data_is_input_error(tmp_path, cls_onnx, bad_jsonl):
     with pytest.raises(InputError) as ei:
         quantize(cls_onnx, tmp_path / "q", QuantizeConfig(ptq="static", calib=str(bad_jsonl)))

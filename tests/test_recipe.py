@@ -287,10 +287,6 @@ def test_stage_configs_are_typed(tmp_path, tiny_text_classifier, text_jsonl):
     assert r.stages[2].config.runs == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "edgeopt/recipe.py _key hashes the parent manifest, but the manifest that models/hf.py adopt_hf_folder builds "
-    "for a plain Hugging Face folder records no file hashes (files={}), so replacing the source model's "
-    "model.safetensors leaves every cache key unchanged and run_recipe reuses the stale export"))
 def test_changed_source_weights_invalidate_cache(tmp_path, tiny_text_classifier, text_jsonl):
     import torch
     from transformers import BertForSequenceClassification

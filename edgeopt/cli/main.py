@@ -358,7 +358,10 @@ def inspect(
         console.print(f"  {i}. {e.stage} {('parent ' + e.parent_hash[:12]) if e.parent_hash else ''} {json.dumps(cfg, default=str)[:200]}")
     console.print("metrics:")
     console.print_json(json.dumps(m.metrics, default=str))
-    console.print(f"files: {len(m.files)} (sha256 verified)" if m.files else "files: not an edgeopt artifact (adopted folder)")
+    if (art.path / "manifest.json").is_file():
+        console.print(f"files: {len(m.files)} (sha256 verified)")
+    else:
+        console.print("files: a plain checkpoint folder, not an edgeopt artifact (no manifest.json)")
 
 
 @app.command()

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..artifact import TASKS, Artifact, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing
+from ..artifact import TASKS, Artifact, sha256_file, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing
 from ..errors import ConfigError, InputError
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -51,7 +51,9 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
     model: dict[str, Any] = {"pooling": None}
     if task in ("text-classification", "image-classification"):
         id2label = config.get("id2label") or {}
-        labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+        # transformers leaves id2label out of config.json for its 2-label default
+        labels = ([id2label[k] for k in sorted(id2label, key=int)] if id2label
+                  else [f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))])
     if task == "image-classification":
         pre = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
         size = pre.get("size", config.get("image_size", 224))
@@ -96,7 +98,10 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
         max_len = int(config.get("max_position_embeddings", 512))
         io.preprocessing = TextPreprocessing(tokenizer=".", max_length=min(max_len, 512))
     lineage = [LineageEntry(stage="source", config={"path": str(folder)})]
-    manifest = Manifest(format="hf", task=task, labels=labels, io=io, model=model, lineage=lineage)
+    # Hash the checkpoint's own files so that a changed weight file changes this manifest's
+    # digest (recipe caches and lineage depend on it).
+    files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    manifest = Manifest(format="hf", task=task, labels=labels, io=io, model=model, lineage=lineage, files=files)
     return Artifact(folder, manifest)
 
 

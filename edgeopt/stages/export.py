@@ -148,8 +148,16 @@ def _torch_export(module, args, path: Path, io: IOSpec, cfg: ExportConfig) -> No
                 shapes = {}
                 for t in io.inputs:
                     shapes[t.name] = {i: dims.setdefault(d, torch.export.Dim(d)) for i, d in enumerate(t.shape) if isinstance(d, str)} or None
+                per_input = tuple(shapes[n] for n in in_names)
+                # torch.export matches dynamic_shapes to forward's parameters: a `*inputs` forward
+                # (our HF wrappers) is one parameter holding all inputs.
+                import inspect
+
+                params = list(inspect.signature(module.forward).parameters.values())
+                if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+                    per_input = (per_input,)
                 torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names,
-                                  dynamic_shapes=tuple(shapes[n] for n in in_names), opset_version=cfg.opset,
+                                  dynamic_shapes=per_input, opset_version=cfg.opset,
                                   dynamo=True, external_data=_param_bytes(module) > EXTERNAL_DATA_BYTES, verbose=False)
             else:
                 torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names,

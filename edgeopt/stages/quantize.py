@@ -9,7 +9,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..artifact import Artifact, finalize, load_artifact, write_artifact
-from ..errors import ConfigError, StageError, ValidationError
+from ..errors import ConfigError, EdgeoptError, StageError, ValidationError
 
 log = logging.getLogger("edgeopt.quantize")
 
@@ -64,6 +64,7 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
         "weight_type": q.weight_type, "weight_symmetric": q.weight_symmetric,
         "activation_type": "uint8 (dynamic)" if cfg.ptq == "dynamic" else q.activation_type,
         "activation_symmetric": q.activation_symmetric if cfg.ptq == "static" else False,
+        "quantize_bias": q.quantize_bias if cfg.ptq == "static" else False,
     }
     # Graphs holding fused contrib ops (Attention, SkipLayerNormalization...) have weights without
     # inferred types; without DefaultTensorType quantization stops at "Unable to find data type".
@@ -88,11 +89,13 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                       "percentile": CalibrationMethod.Percentile}[cfg.method],
                     extra_options={**extra, "ActivationSymmetric": q.activation_symmetric,
-                                   "WeightSymmetric": q.weight_symmetric},
+                                   "WeightSymmetric": q.weight_symmetric,
+                                   # TensorRT's parser rejects int32 bias DequantizeLinear nodes
+                                   "QuantizeBias": q.quantize_bias},
                 )
             for f in tmp.glob("preprocessed.onnx*"):
                 f.unlink()
-        except (ConfigError, StageError):
+        except EdgeoptError:  # our own errors (bad calibration data...) keep their meaning and exit code
             raise
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
