@@ -170,6 +170,7 @@ def prune(
     importance: Annotated[str, typer.Option(help="magnitude or taylor (gradient x weight on --data).")] = "magnitude",
     data: DataOpt = None,
     recover_steps: Annotated[int, typer.Option(help="Recovery fine-tune steps on --data.")] = 0,
+    val_data: Annotated[Optional[str], typer.Option(help="Validation data: the best recovery epoch is kept.")] = None,
     eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for accuracy before/after.")] = None,
     lr: Annotated[float, typer.Option(help="Recovery learning rate.")] = 5e-5,
 ):
@@ -178,7 +179,7 @@ def prune(
     from ..stages.prune import prune as run
 
     cfg = make_config(PruneConfig, sparsity=sparsity, structured=structured, importance=importance, data=data,
-                      recover_steps=recover_steps, eval_data=eval_data, lr=lr)
+                      recover_steps=recover_steps, val_data=val_data, eval_data=eval_data, lr=lr)
     art = run(_model_path(model), output, cfg)
     _print_before_after(art, "pruned")
 

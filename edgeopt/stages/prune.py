@@ -23,6 +23,7 @@ class PruneConfig(BaseModel):
     importance: Literal["magnitude", "taylor"] = "magnitude"
     data: Optional[str] = None  # labelled: Taylor scores and recovery fine-tune
     recover_steps: int = Field(0, ge=0)
+    val_data: Optional[str] = None  # labelled: picks the best recovery epoch (never the test data)
     eval_data: Optional[str] = None  # labelled: accuracy before/after
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(32, ge=1)
@@ -94,7 +95,8 @@ def prune(model, out, config: PruneConfig) -> Artifact:
     if cfg.recover_steps:
         collate = collate_fn(pre)
         after_step = (lambda: _apply_masks(wrapper, masks)) if masks else None
-        ev = (lambda m: accuracy(m, pre, evald.samples, y_eval)) if evald is not None else None
+        val = labelled(cfg.val_data, pre, pm.labels, "validation") if cfg.val_data else None
+        ev = (lambda m: accuracy(m, pre, val[0].samples, val[1])) if val is not None else None
         res = fit(wrapper, len(train), cross_entropy_loss(collate, list(train.samples), y_train),
                   TrainSettings(epochs=10_000, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, max_steps=cfg.recover_steps,
                                 warmup_ratio=0.05), evaluate=ev, desc="recovering", after_step=after_step)
