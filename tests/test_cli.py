@@ -107,7 +107,7 @@ def test_cli_inspect(cli_int8):
 def test_cli_inspect_hf_folder(tiny_text_classifier):
     proc = cli("inspect", tiny_text_classifier)
     assert proc.returncode == 0, proc.stderr
-    assert "format hf" in proc.stdout and "adopted folder" in proc.stdout
+    assert "format hf" in proc.stdout and "not an edgeopt artifact" in proc.stdout
 
 
 def test_cli_run_validate(tmp_path):

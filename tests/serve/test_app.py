@@ -358,7 +358,8 @@ def test_image_decoding_does_not_block_the_server(serve_digits_onnx):
         th.join()
     assert health.status_code == 200
     assert health_s < 0.5, f"/healthz took {health_s:.2f} s while a request decoded images"
-    assert result["r"].status_code in (422, 504) and result["s"] < 0.5 + one, (result["r"].status_code, result["s"])
+    # under the pixel limit the images decode (200) or the timeout answers (504), never a stalled request
+    assert result["r"].status_code in (200, 504) and result["s"] < 0.5 + one, (result["r"].status_code, result["s"])
 
 
 def test_api_key(serve_cls_onnx, monkeypatch):

@@ -89,7 +89,7 @@ def test_merged_checkpoint_loads_without_peft(merged_lora, tiny_text_classifier,
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="merge.py names the labels LABEL_i when the adapter folder has no labels.json, "
+@pytest.mark.xfail(strict=True, reason="merge.py:132-133 names the labels LABEL_i when the adapter folder has no labels.json, "
                                        "ignoring the base classifier's own labels (a, b, c)")
 def test_merged_keeps_base_labels_when_adapter_has_none(merged_lora):
     assert merged_lora.manifest.labels == ["a", "b", "c"]
@@ -208,3 +208,52 @@ def test_cli_merge_missing_adapter_config(tmp_path, tiny_text_classifier):
     out = tmp_path / "merged"
     line = assert_clean_failure(cli("merge", tiny_text_classifier, "--adapter", adapter, "-o", out), out, codes=(2,))
     assert "adapter_config.json" in line
+
+
+def test_merge_feature_extraction_adapter(tmp_path, tiny_feature_extractor):
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModel, AutoTokenizer
+
+    pm = get_peft_model(AutoModel.from_pretrained(tiny_feature_extractor),
+                        LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=4, target_modules=["query", "value"]))
+    perturb_adapter(pm, seed=3)
+    adapter = tmp_path / "fe-adapter"
+    pm.save_pretrained(adapter)
+    art = merge(tiny_feature_extractor, tmp_path / "merged", MergeConfig(adapter=str(adapter)))
+    assert art.manifest.task == "feature-extraction" and art.manifest.io.outputs[0].name == "embeddings"
+    assert art.manifest.metrics["numeric_check"]["outputs"]["embeddings"]["max_abs_err"] < 1e-4
+    tok = AutoTokenizer.from_pretrained(art.path)
+    enc = tok(SENTENCES, padding=True, return_tensors="pt")
+    pm.eval()
+    with torch.no_grad():
+        ref = pm(**enc).last_hidden_state
+        got = AutoModel.from_pretrained(art.path).eval()(**enc).last_hidden_state
+        base = AutoModel.from_pretrained(tiny_feature_extractor).eval()(**enc).last_hidden_state
+    assert (ref - base).abs().max() > 1e-2
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.xfail(strict=True, reason="merge.py:136 loads the base with num_labels from the adapter's head but without "
+                                       "ignore_mismatched_sizes=True: transformers raises RuntimeError when the adapter's "
+                                       "classifier (modules_to_save) has another number of labels than the base classifier")
+def test_merge_adapter_with_a_new_label_set(tmp_path, tiny_text_classifier):
+    """An adapter trained with a new 2-label head on the 3-label base: the head is in the adapter."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from edgeopt.errors import EdgeoptError
+
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_text_classifier, num_labels=2, id2label={0: "x", 1: "y"}, label2id={"x": 0, "y": 1}, ignore_mismatched_sizes=True)
+    pm = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
+    perturb_adapter(pm, seed=4)
+    adapter = tmp_path / "two-label-adapter"
+    pm.save_pretrained(adapter)
+    (adapter / "labels.json").write_text(json.dumps(["x", "y"]))
+    try:
+        art = merge(tiny_text_classifier, tmp_path / "merged", MergeConfig(adapter=str(adapter)))
+    except EdgeoptError:
+        return  # a clear, typed error would be acceptable too
+    assert art.manifest.labels == ["x", "y"]
+    np.testing.assert_allclose(_logits(_plain_hf(art.path), art.path), _logits(pm.eval(), tiny_text_classifier), atol=1e-4)

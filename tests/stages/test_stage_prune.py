@@ -120,6 +120,15 @@ def test_taylor_importance_on_heads(tmp_path, bert4, kw_jsonl):
     artifact_outputs(load_artifact(art.path), SENTENCES)
 
 
+def test_recovery_keeps_the_best_validation_epoch(tmp_path, bert4, kw_jsonl, kw_val_jsonl):
+    art = prune(bert4, tmp_path / "rec", PruneConfig(sparsity=0.5, structured="neurons", data=str(kw_jsonl),
+                                                     val_data=str(kw_val_jsonl), recover_steps=8, batch_size=16, lr=1e-3))
+    hist = art.manifest.metrics["prune"]["recovery"]["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]  # 4 steps an epoch
+    assert all(0 <= h["val_accuracy"] <= 1 for h in hist)
+    assert art.manifest.lineage[-1].config["val_data"] == str(kw_val_jsonl)
+
+
 def test_structured_neurons_with_recovery(tmp_path, bert4, kw_jsonl):
     art = prune(bert4, tmp_path / "rec", PruneConfig(sparsity=0.5, structured="neurons", data=str(kw_jsonl),
                                                      recover_steps=2, batch_size=16))
