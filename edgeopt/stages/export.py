@@ -58,9 +58,15 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 
 def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, *, stage: str = "export",
                   stage_config: Optional[dict] = None, model_info: Optional[dict] = None,
-                  metrics: Optional[dict] = None, basic_only: bool = False) -> Artifact:
+                  metrics: Optional[dict] = None, basic_only: bool = False,
+                  fidelity: Optional[tuple[float, float]] = None) -> Artifact:
     """Export ``module`` (the parent's network, possibly changed, e.g. with fake-quant for QAT)
-    and check ONNX Runtime against it."""
+    and check ONNX Runtime against it.
+
+    ``fidelity=(min_top1_agreement, min_cosine)`` replaces the element-wise tolerance: ONNX Runtime's
+    int8 kernels round and saturate differently from fake quantization, so an int8 graph is held
+    to agreement with its PyTorch twin rather than to float-level equality.
+    """
     import torch
 
     from ..data import load_dataset
@@ -99,6 +105,8 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
         ref = predict(torch_rt, pre, data.samples, batch_size=batch)
         got = predict(OrtRuntime(onnx_file, output_names=out_names), pre, data.samples, batch_size=batch)
         record, failures = numeric_agreement(out_names, ref, got, cfg.atol, cfg.rtol)
+        if fidelity is not None:
+            failures = _fidelity_failures(pm.task, out_names, ref, got, fidelity, record)
         if failures and optimization.get("level") == "transformer-fusion":
             # A fusion that changes numerics is a fusion we do not keep: fall back to the plain graph.
             log.warning("fused graph failed the numeric check (%s); keeping the unfused graph", "; ".join(failures))
@@ -116,13 +124,29 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
                                    "optimization": optimization, "external_data": (tmp / "model.onnx.data").exists(),
                                    **(model_info or {})})
         manifest.metrics = {**(metrics or {}),
-            "numeric_check": {"samples": len(data), "data": data.source, "atol": cfg.atol, "rtol": cfg.rtol, "outputs": record},
+            "numeric_check": {"samples": len(data), "data": data.source, "outputs": record,
+                              **({"mode": "fidelity", "min_top1_agreement": fidelity[0], "min_cosine": fidelity[1]}
+                                 if fidelity else {"mode": "allclose", "atol": cfg.atol, "rtol": cfg.rtol})},
             "size_bytes": _size(tmp),
             "parent_size_bytes": _param_bytes(module),
             "params": int(sum(p.numel() for p in module.parameters())),
         }
         manifest = finalize(tmp, manifest)
     return Artifact(Path(out).expanduser().resolve(), manifest)
+
+
+def _fidelity_failures(task: str, names, ref, got, limits: tuple[float, float], record: dict) -> list[str]:
+    from ..metrics import quality
+
+    min_top1, min_cos = limits
+    failures = []
+    for name, r, g in zip(names, ref, got):
+        q = quality(task, g, None, r)
+        record[name].update(q, within_tolerance=None)
+        if q.get("top1_agreement", 1.0) < min_top1 or q["cosine_mean"] < min_cos:
+            failures.append(f"{name}: top-1 agreement {q.get('top1_agreement', float('nan')):.3f} (min {min_top1}), "
+                            f"mean cosine {q['cosine_mean']:.4f} (min {min_cos})")
+    return failures
 
 
 def _onnx_io(io: IOSpec, batch_axis: bool) -> IOSpec:

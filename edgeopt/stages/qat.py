@@ -25,9 +25,11 @@ class QATConfig(BaseModel):
     percentile: float = Field(99.99, gt=50, le=100)
     target: Optional[str] = None  # recorded; QAT always emits TensorRT-style symmetric int8
     opset: int = Field(17, ge=13)
-    atol: float = Field(0.05, gt=0)  # ONNX Runtime's int8 kernels round differently from fake-quant
-    rtol: float = Field(0.05, ge=0)
-    min_top1_agreement: float = Field(0.95, ge=0, le=1)
+    # The ONNX graph vs its fake-quant PyTorch twin: ONNX Runtime's int8 kernels round differently,
+    # so the export is held to agreement (top-1, cosine), with the max abs error recorded.
+    min_onnx_top1_agreement: float = Field(0.97, ge=0, le=1)
+    min_onnx_cosine: float = Field(0.99, ge=0, le=1)
+    min_top1_agreement: float = Field(0.95, ge=0, le=1)  # int8 ONNX vs the fp32 parent, on eval_data
     seed: int = 0
 
 
@@ -93,10 +95,11 @@ def qat(model, out, config: QATConfig) -> Artifact:
            "weight_symmetric": True, "activation_symmetric": True, "zero_point": 0, "per_channel": True,
            "layers": len(swapped)}
     art = export_module(parent, wrapper, out,
-                        ExportConfig(opset=cfg.opset, atol=cfg.atol, rtol=cfg.rtol,
+                        ExportConfig(opset=cfg.opset,
                                      check_data=cfg.eval_data or cfg.data, check_samples=32),
                         stage=stage, stage_config=cfg.model_dump(), metrics=metrics,
-                        model_info={"precision": "int8", "quantization": fmt}, basic_only=True)
+                        model_info={"precision": "int8", "quantization": fmt}, basic_only=True,
+                        fidelity=(cfg.min_onnx_top1_agreement, cfg.min_onnx_cosine))
     D.barrier()
     if evald is not None:
         art = _record_onnx_accuracy(art, evald, fp32, pre, cfg)
