@@ -19,13 +19,27 @@ class Runtime(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def load_runtime(artifact: Artifact, threads: Optional[int] = None, providers: Optional[list[str]] = None) -> Runtime:
+def load_runtime(artifact: Artifact, threads: Optional[int] = None, providers: Optional[list[str]] = None,
+                 target: Optional[str] = None) -> Runtime:
+    """The runtime for an artifact; a target supplies default threads, providers and session options."""
     fmt = artifact.manifest.format
+    session_config: dict[str, str] = {}
+    if target is not None:
+        from ..targets import get_target
+
+        spec = get_target(target)
+        threads = threads or spec.threads
+        session_config = dict(spec.session_config)
+        if providers is None:
+            import onnxruntime as ort
+
+            available = set(ort.get_available_providers())
+            providers = [p for p in spec.providers if p in available] or ["CPUExecutionProvider"]
     if fmt == "onnx":
         from .onnxruntime import OrtRuntime
 
         return OrtRuntime(artifact.path / artifact.manifest.model["file"], threads=threads, providers=providers,
-                          output_names=[t.name for t in artifact.manifest.io.outputs])
+                          output_names=[t.name for t in artifact.manifest.io.outputs], session_config=session_config)
     if fmt in ("hf", "torch"):
         from .torch import TorchRuntime
 

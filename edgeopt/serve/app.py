@@ -81,10 +81,8 @@ def create_app(settings: ServeSettings):
             from ..metrics import sample_dataset
             from ..models.preprocess import Preprocessor
             from ..runtime import load_runtime
-            from ..targets import get_target
 
-            threads = settings.threads or (get_target(settings.target).threads if settings.target else None)
-            rt = load_runtime(art, threads=threads)
+            rt = load_runtime(art, threads=settings.threads, target=settings.target)
             pre = Preprocessor(art) if pre_spec is not None else None
             state.update(rt=rt, pre=pre)
             if pre is not None:  # warm up: first runs allocate and pick kernels
