@@ -121,8 +121,12 @@ def quantize(
         from ..stages.qat import QATConfig
         from ..stages.qat import qat as run_qat
 
+        if method not in ("minmax", "percentile"):
+            raise ConfigError(f"--method {method}: PyTorch-side calibration supports minmax or percentile")
+        if not per_channel:
+            raise ConfigError("--per-tensor: QAT and torch-side PTQ use per-channel weights (TensorRT's rule)")
         cfg = make_config(QATConfig, data=data or calib, val_data=val_data, eval_data=eval_data, train=qat, epochs=epochs,
-                          lr=lr, calib_samples=calib_samples, target=target,
+                          lr=lr, calib_samples=calib_samples, target=target, max_accuracy_drop=max_accuracy_drop,
                           calibration="percentile" if method == "percentile" else "max")
         art = run_qat(parent, output, cfg)
     else:

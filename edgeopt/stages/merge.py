@@ -111,6 +111,9 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     acfg, shapes = _read_adapter(adapter)
     parent = base if isinstance(base, Artifact) else load_artifact(base)
     pm = parent.manifest
+    if adapter.resolve().is_relative_to(parent.path.resolve()):
+        raise ConfigError(f"{parent.path}: already holds {adapter.name}/ merged into its weights (it is the fine-tuned "
+                          f"artifact); merge into the base the adapter was trained on: {acfg.get('base_model_name_or_path')}")
     if pm.format != "hf":
         raise ConfigError(f"{parent.path}: merge needs the Hugging Face base checkpoint (got format {pm.format})")
     hf_cfg = json.loads((parent.path / "config.json").read_text())
@@ -130,8 +133,11 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     kw = {}
     if task == "text-classification":
         n = len(labels) if labels else (head[0][0] if head else hf_cfg.get("num_labels", 2))
-        labels = labels or [f"LABEL_{i}" for i in range(n)]
-        kw = dict(num_labels=n, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        base_labels = pm.labels if pm.task == "text-classification" else None
+        labels = labels or (base_labels if base_labels and len(base_labels) == n else [f"LABEL_{i}" for i in range(n)])
+        kw = dict(num_labels=n, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+                  # the head comes from the adapter (modules_to_save): the base's may have another size
+                  ignore_mismatched_sizes=True)
     # Always full precision: QLoRA adapters merge into fp32 base weights, never into 4/8-bit ones.
     base_model = auto.from_pretrained(parent.path, dtype=torch.float32, use_safetensors=True, **kw).eval()
     _check_fits(base_model, shapes, adapter)

@@ -30,6 +30,7 @@ class QATConfig(BaseModel):
     min_onnx_top1_agreement: float = Field(0.97, ge=0, le=1)
     min_onnx_cosine: float = Field(0.99, ge=0, le=1)
     min_top1_agreement: float = Field(0.95, ge=0, le=1)  # int8 ONNX vs the fp32 parent, on eval_data
+    max_accuracy_drop: Optional[float] = Field(None, ge=0)  # points, on eval_data; exceeded -> error
     seed: int = 0
 
 
@@ -100,9 +101,11 @@ def qat(model, out, config: QATConfig) -> Artifact:
                         stage=stage, stage_config=cfg.model_dump(), metrics=metrics,
                         model_info={"precision": "int8", "quantization": fmt}, basic_only=True,
                         fidelity=(cfg.min_onnx_top1_agreement, cfg.min_onnx_cosine))
-    D.barrier()
-    if evald is not None:
-        art = _record_onnx_accuracy(art, evald, fp32, pre, cfg)
+    try:
+        if evald is not None:
+            art = _record_onnx_accuracy(art, evald, fp32, pre, cfg)
+    finally:
+        D.barrier()  # other ranks load the artifact only once it is final
     return art
 
 
@@ -121,11 +124,16 @@ def _record_onnx_accuracy(art: Artifact, evald, fp32, pre, cfg: QATConfig) -> Ar
     m.metrics["eval"].update(accuracy=q["accuracy"], top1_agreement=q["top1_agreement"], cosine_mean=q["cosine_mean"],
                              samples=q["samples"],
                              accuracy_drop_points=(m.metrics["eval"]["parent_accuracy"] - q["accuracy"]) * 100)
+    drop = m.metrics["eval"]["accuracy_drop_points"]
+    problem = None
     if q["top1_agreement"] < cfg.min_top1_agreement:
+        problem = f"int8 ONNX agrees with fp32 on only {q['top1_agreement']:.3f} of {ds.source} (limit {cfg.min_top1_agreement})"
+    elif cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop:
+        problem = f"int8 ONNX accuracy is {drop:.2f} points below fp32 on {ds.source} (limit {cfg.max_accuracy_drop})"
+    if problem:
         import shutil
 
         shutil.rmtree(art.path, ignore_errors=True)
-        raise ValidationError(f"int8 ONNX agrees with fp32 on only {q['top1_agreement']:.3f} of {ds.source} "
-                              f"(limit {cfg.min_top1_agreement}); train longer or calibrate with more samples")
+        raise ValidationError(f"{problem}; train longer (--epochs) or calibrate with more samples")
     finalize(art.path, m)
     return art

@@ -23,7 +23,7 @@ def lora_finetuned(tmp_path_factory, bert4, kw_jsonl, kw_val_jsonl):
     out = tmp_path_factory.mktemp("finetune") / "trained"
     # default LoRA targets (query, key, value and every dense layer); the classifier is in modules_to_save
     cfg = FinetuneConfig(train_data=str(kw_jsonl), val_data=str(kw_val_jsonl), test_data=str(kw_val_jsonl), epochs=12,
-                         batch_size=16, lr=2e-2, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+                         batch_size=8, lr=1e-2, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
     return finetune(bert4, out, cfg)
 
 
@@ -31,10 +31,10 @@ def test_lora_finetune_learns(lora_finetuned):
     m = lora_finetuned.manifest.metrics
     losses = [h["train_loss"] for h in m["history"]]
     assert len(losses) == 12 and all(np.isfinite(losses))
-    assert losses[-1] < losses[0]
+    assert losses[-1] < 0.9 * losses[0]  # (seeds 0-4 all end below 0.65 from 1.10)
     assert m["val_accuracy"] == max(h["val_accuracy"] for h in m["history"])
     assert m["best_epoch"] == max(m["history"], key=lambda h: h["val_accuracy"])["epoch"]
-    assert m["val_accuracy"] > 0.5  # chance is 1/3: the keyword task is learnt
+    assert m["val_accuracy"] > 0.5  # chance is 1/3: the keyword task is (at least partly) learnt
     assert 0 <= m["test_accuracy"] <= 1
     assert lora_finetuned.manifest.labels == ["a", "b", "c"]
 
@@ -82,9 +82,6 @@ def test_finetune_needs_a_text_hf_model(tmp_path, digits_torch, kw_jsonl):
         finetune(digits_torch, tmp_path / "out", FinetuneConfig(train_data=str(kw_jsonl), epochs=1))
 
 
-@pytest.mark.xfail(strict=True, reason="finetune.py:86 loads a classifier base with num_labels=len(labels) but without "
-                                       "ignore_mismatched_sizes=True: a base with 3 labels and data with 2 raises "
-                                       "transformers' RuntimeError (CLI: 'unexpected RuntimeError', exit 1)")
 def test_finetune_classifier_base_on_a_new_label_set(tmp_path, tiny_text_classifier):
     from _support import write_jsonl
 
@@ -102,9 +99,6 @@ def test_finetune_classifier_base_on_a_new_label_set(tmp_path, tiny_text_classif
     assert artifact_outputs(art, ["apple one"]).shape == (1, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="merge.py accepts as base the finetune artifact whose weights already hold the "
-                                       "adapter (manifest model.adapter == 'adapter', adapter inside it): the LoRA delta "
-                                       "is applied twice, silently, and the numeric check (PEFT vs merged, both doubled) passes")
 def test_merge_refuses_a_base_that_already_holds_the_adapter(tmp_path, lora_finetuned):
     from edgeopt.errors import ConfigError as _ConfigError
 

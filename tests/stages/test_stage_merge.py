@@ -89,8 +89,6 @@ def test_merged_checkpoint_loads_without_peft(merged_lora, tiny_text_classifier,
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="merge.py:132-133 names the labels LABEL_i when the adapter folder has no labels.json, "
-                                       "ignoring the base classifier's own labels (a, b, c)")
 def test_merged_keeps_base_labels_when_adapter_has_none(merged_lora):
     assert merged_lora.manifest.labels == ["a", "b", "c"]
     assert _plain_hf(merged_lora.path).config.id2label == {0: "a", 1: "b", 2: "c"}
@@ -234,9 +232,6 @@ def test_merge_feature_extraction_adapter(tmp_path, tiny_feature_extractor):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="merge.py:136 loads the base with num_labels from the adapter's head but without "
-                                       "ignore_mismatched_sizes=True: transformers raises RuntimeError when the adapter's "
-                                       "classifier (modules_to_save) has another number of labels than the base classifier")
 def test_merge_adapter_with_a_new_label_set(tmp_path, tiny_text_classifier):
     """An adapter trained with a new 2-label head on the 3-label base: the head is in the adapter."""
     from peft import LoraConfig, TaskType, get_peft_model
