@@ -29,6 +29,8 @@ _state = {"debug": False}
 OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Directory for the new artifact (written atomically).")]
 TargetOpt = Annotated[Optional[str], typer.Option("--target", "-t", help="Deployment target: x86, rpi, jetson, gpu-server (default: this host).")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset: .jsonl, .npz or sklearn:digits[:split].")]
+ValDataOpt = Annotated[Optional[str], typer.Option("--val-data", help="Labelled validation data: the best epoch is kept.")]
+EvalDataOpt = Annotated[Optional[str], typer.Option("--eval-data", help="Labelled test data: accuracy before/after is recorded.")]
 
 
 def make_config(cls, **kwargs: Any):
@@ -103,10 +105,10 @@ def quantize(
     method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Per-channel weight scales.")] = True,
     target: TargetOpt = None,
-    eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for the accuracy check (else fidelity on calibration/sample data).")] = None,
+    eval_data: EvalDataOpt = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Fail if accuracy drops more than this many points.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Labelled training data for --qat.")] = None,
-    val_data: Annotated[Optional[str], typer.Option(help="Validation data for --qat (best epoch kept).")] = None,
+    val_data: ValDataOpt = None,
     epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
     lr: Annotated[float, typer.Option(help="QAT learning rate.")] = 2e-5,
 ):
@@ -174,8 +176,8 @@ def prune(
     importance: Annotated[str, typer.Option(help="magnitude or taylor (gradient x weight on --data).")] = "magnitude",
     data: DataOpt = None,
     recover_steps: Annotated[int, typer.Option(help="Recovery fine-tune steps on --data.")] = 0,
-    val_data: Annotated[Optional[str], typer.Option(help="Validation data: the best recovery epoch is kept.")] = None,
-    eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for accuracy before/after.")] = None,
+    val_data: ValDataOpt = None,
+    eval_data: EvalDataOpt = None,
     lr: Annotated[float, typer.Option(help="Recovery learning rate.")] = 5e-5,
 ):
     """Prune weights (unstructured) or remove heads / neurons / channels (structured, smaller and faster)."""
@@ -201,8 +203,8 @@ def distill(
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 32,
-    val_data: Annotated[Optional[str], typer.Option(help="Validation data (best epoch kept).")] = None,
-    eval_data: Annotated[Optional[str], typer.Option(help="Labelled test data for the teacher/student record.")] = None,
+    val_data: ValDataOpt = None,
+    eval_data: EvalDataOpt = None,
 ):
     """Distill a smaller student from a teacher (KL at temperature T + cross-entropy, optional hidden MSE)."""
     from ..stages.distill import DistillConfig
