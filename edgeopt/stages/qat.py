@@ -27,7 +27,7 @@ class QATConfig(BaseModel):
     opset: int = Field(17, ge=13)
     # The ONNX graph vs its fake-quant PyTorch twin: ONNX Runtime's int8 kernels round differently,
     # so the export is held to agreement (top-1, cosine), with the max abs error recorded.
-    min_onnx_top1_agreement: float = Field(0.97, ge=0, le=1)
+    min_onnx_top1_agreement: float = Field(0.95, ge=0, le=1)  # borderline inputs may flip: judge on many samples
     min_onnx_cosine: float = Field(0.99, ge=0, le=1)
     min_top1_agreement: float = Field(0.95, ge=0, le=1)  # int8 ONNX vs the fp32 parent, on eval_data
     max_accuracy_drop: Optional[float] = Field(None, ge=0)  # points, on eval_data; exceeded -> error
@@ -97,7 +97,7 @@ def qat(model, out, config: QATConfig) -> Artifact:
            "layers": len(swapped)}
     art = export_module(parent, wrapper, out,
                         ExportConfig(opset=cfg.opset,
-                                     check_data=cfg.eval_data or cfg.data, check_samples=32),
+                                     check_data=cfg.eval_data or cfg.data, check_samples=128),
                         stage=stage, stage_config=cfg.model_dump(), metrics=metrics,
                         model_info={"precision": "int8", "quantization": fmt}, basic_only=True,
                         fidelity=(cfg.min_onnx_top1_agreement, cfg.min_onnx_cosine))
