@@ -9,7 +9,7 @@ import asyncio
 import os
 import time
 from collections import Counter
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field

@@ -6,7 +6,6 @@ import base64
 import binascii
 import hmac
 import io
-import json
 import logging
 import os
 import threading
@@ -17,7 +16,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from ..artifact import Artifact, ImagePreprocessing, TextPreprocessing, load_artifact
+from ..artifact import ImagePreprocessing, TextPreprocessing, load_artifact
 
 log = logging.getLogger("edgeopt.serve")
 OPEN_ROUTES = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..artifact import Artifact, load_artifact
+from ..artifact import Artifact
 from ..errors import ConfigError, InputError
 
 

@@ -33,14 +33,8 @@ class ExportConfig(BaseModel):
 
 
 def export(model: Artifact | str | Path, out: str | Path, config: Optional[ExportConfig] = None) -> Artifact:
-    import torch
 
-    from ..data import load_dataset
-    from ..metrics import numeric_agreement, predict, sample_dataset
     from ..models import load_torch_model
-    from ..models.preprocess import Preprocessor
-    from ..runtime.onnxruntime import OrtRuntime
-    from ..runtime.torch import TorchRuntime
 
     cfg = config or ExportConfig()
     parent = model if isinstance(model, Artifact) else load_artifact(model)

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..artifact import (Artifact, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing,
+from ..artifact import (Artifact, ImagePreprocessing, IOSpec, Manifest, TensorSpec, TextPreprocessing,
                         finalize, load_artifact, write_artifact)
 from ..errors import ConfigError, InputError
 

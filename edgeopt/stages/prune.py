@@ -4,8 +4,6 @@ model smaller and faster. Importance from weight magnitudes or first-order Taylo
 (|w·∂L/∂w|) on data; optional short recovery fine-tune; before/after metrics in the manifest."""
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
@@ -38,7 +36,6 @@ class PruneConfig(BaseModel):
 
 
 def prune(model, out, config: PruneConfig) -> Artifact:
-    import torch
 
     from ..models import load_torch_model
     from ..models.preprocess import Preprocessor
