@@ -103,8 +103,9 @@ def create_app(settings: ServeSettings):
     from concurrent.futures import ThreadPoolExecutor
 
     decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeopt-decode")
+    in_flight = {"n": 0}
     batcher = MicroBatcher(infer, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                           on_batch=metrics.batch_size.observe)
+                           on_batch=metrics.batch_size.observe, concurrency=lambda: in_flight["n"])
 
     @asynccontextmanager
     async def lifespan(app):
@@ -153,6 +154,7 @@ def create_app(settings: ServeSettings):
         route = request.url.path
         t0 = time.perf_counter()
         metrics.in_flight.inc()
+        in_flight["n"] += 1
         status = 500
         try:
             cl = request.headers.get("content-length")
@@ -180,6 +182,7 @@ def create_app(settings: ServeSettings):
             return response
         finally:
             metrics.in_flight.dec()
+            in_flight["n"] -= 1
             known = route if route in {r.path for r in app.routes} else "other"
             metrics.requests.labels(known, request.method, str(status)).inc()
             metrics.latency.labels(known).observe(time.perf_counter() - t0)

@@ -27,11 +27,13 @@ class MicroBatcher:
     """``infer(items) -> list[np.ndarray]`` runs on one worker thread; outputs are split per caller."""
 
     def __init__(self, infer: Callable[[Sequence[Any]], list[np.ndarray]], max_batch: int = 16,
-                 max_wait_ms: float = 5.0, on_batch: Optional[Callable[[int], None]] = None):
+                 max_wait_ms: float = 5.0, on_batch: Optional[Callable[[int], None]] = None,
+                 concurrency: Optional[Callable[[], int]] = None):
         self.infer = infer
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.on_batch = on_batch
+        self.concurrency = concurrency  # e.g. requests in flight at the HTTP layer
         self._queue: Optional[asyncio.Queue] = None
         self._task: Optional[asyncio.Task] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeopt-infer")
@@ -71,9 +73,10 @@ class MicroBatcher:
             carry = None
             batch = [first]
             size = len(first[2])
-            # Wait for company only when there is concurrency (the last batch had several
-            # requests): a lone caller is served at once instead of paying max_wait_ms.
-            wait = self.max_wait if self._last_requests > 1 else 0.0
+            # Wait for company only when there is concurrency (other requests in flight, or the
+            # last batch had several): a lone caller is served at once instead of paying max_wait_ms.
+            busy = self._last_requests > 1 or (self.concurrency is not None and self.concurrency() > 1)
+            wait = self.max_wait if busy else 0.0
             deadline = time.monotonic() + wait
             while size < self.max_batch:
                 timeout = deadline - time.monotonic()
