@@ -310,6 +310,9 @@ def serve(
                            max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout)
     if api_key_env and not os.environ.get(api_key_env):
         raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; export it with the key")
+    from ..artifact import load_artifact
+
+    load_artifact(settings.artifact)  # a bad path is one error line, before any "serving" banner
     err_console.print(f"serving {settings.artifact} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
     run(settings, host=host, port=port, workers=workers)
 
