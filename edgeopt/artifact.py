@@ -10,11 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Field
 
@@ -157,26 +154,18 @@ def load_artifact(path: Union[str, Path], verify: bool = True) -> Artifact:
     )
 
 
-@contextlib.contextmanager
-def write_artifact(out: Union[str, Path], manifest_factory=None) -> Iterator[Path]:
-    """Yield a temporary directory; on success move it to ``out`` atomically.
+def write_artifact(out: Union[str, Path], *inputs: Any) -> contextlib.AbstractContextManager[Path]:
+    """Yield a private temporary folder; on success rename it to ``out`` atomically.
 
-    The caller writes model files into the yielded directory and finally calls
-    :func:`finalize` on it. If the body raises, the temporary directory is
-    removed and any existing ``out`` is left untouched.
+    The caller writes model files into the yielded folder and calls :func:`finalize` on it.
+    ``out`` must be new, empty, or an earlier edgeopt artifact (never a user's folder, the current
+    directory, or one of ``inputs``; see :mod:`edgeopt.outputs`). If the body raises, or the
+    process gets Ctrl-C or SIGTERM, the temporary folder is removed and an existing ``out`` is
+    left untouched.
     """
-    out = Path(out).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
-        yield tmp
-        if not (tmp / MANIFEST).is_file():
-            raise RuntimeError("internal: stage did not finalize its artifact")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from .outputs import staged_dir
+
+    return staged_dir(out, *inputs, kind="artifact", complete=lambda tmp: (tmp / MANIFEST).is_file())
 
 
 def finalize(tmp: Path, manifest: Manifest) -> Manifest:
@@ -188,20 +177,6 @@ def finalize(tmp: Path, manifest: Manifest) -> Manifest:
     manifest = manifest.model_copy(update={"files": files})
     (tmp / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return manifest
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, backup)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(backup, dst)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def cache_key(parent: Optional[Manifest], stage: str, config: dict[str, Any]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -269,6 +268,12 @@ def _key(parents: list[Artifact], entry: StageEntry) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+def _write_cache(path: Path, cache: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(cache, indent=2))
+    tmp.replace(path)
+
+
 def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
                on_stage: Optional[Callable[[str, str], None]] = None) -> RunResult:
     """Run every stage in order, skipping those whose cache key matches a finished output."""
@@ -276,11 +281,19 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
 
     from .bench.core import BenchReport, bench
     from .bench.report import write_outputs
+    from .outputs import WORKDIR_MARK, check_output, staged_dir
 
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    # Every output is checked before any stage runs: the workdir is new, empty or an earlier run's,
+    # and each stage's folder in it is new or edgeopt's own.
+    model_path = resolve_model_ref(r.model, r.path.parent) if r.model is not None else None
+    check_output(r.workdir, model_path, r.path, kind="workdir")
+    for entry in r.stages:
+        check_output(r.workdir / entry.name, model_path, entry.config, kind="report-dir" if entry.kind == "bench" else "artifact")
     r.workdir.mkdir(parents=True, exist_ok=True)
-    cache_file = r.workdir / ".edgeopt-cache.json"
+    cache_file = r.workdir / WORKDIR_MARK
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    _write_cache(cache_file, cache)  # marks the folder as this recipe's workdir from the start
     produced: dict[str, Artifact] = {}
     if r.model is not None:
         produced["model"] = load_artifact(resolve_model_ref(r.model, r.path.parent))
@@ -306,11 +319,8 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
                 report = BenchReport.model_validate_json((out / "report.json").read_text())
             else:
                 report = bench(parents, config)
-                tmp = r.workdir / f".{entry.name}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                write_outputs(report, tmp / "report.json", tmp / "report.md", title=f"{r.name}: {entry.name}")
-                shutil.rmtree(out, ignore_errors=True)
-                tmp.rename(out)
+                with staged_dir(out, kind="report-dir") as tmp:
+                    write_outputs(report, tmp / "report.json", tmp / "report.md", title=f"{r.name}: {entry.name}")
         else:
             if cached:
                 try:
@@ -322,8 +332,6 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
             prev = entry.name
         if not cached:
             cache[entry.name] = key
-            tmpc = cache_file.with_suffix(".tmp")
-            tmpc.write_text(json.dumps(cache, indent=2))
-            tmpc.replace(cache_file)
+            _write_cache(cache_file, cache)
         result.stages.append(StageResult(entry.name, entry.kind, out, cached, time.perf_counter() - t0, report))
     return result

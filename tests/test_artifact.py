@@ -106,7 +106,7 @@ def test_write_artifact_exception_leaves_nothing(tmp_path):
 
 def test_write_artifact_without_finalize_fails_and_leaves_nothing(tmp_path):
     out = tmp_path / "art"
-    with pytest.raises(RuntimeError, match="finalize"):
+    with pytest.raises(RuntimeError, match="did not finish"):
         with write_artifact(out) as tmp:
             (tmp / "model.onnx").write_bytes(b"x")
     assert _siblings(tmp_path) == []

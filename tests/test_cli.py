@@ -78,7 +78,7 @@ def test_cli_quantize(cli_int8, cli_onnx):
 def test_cli_bench_writes_reports(cli_workdir, cli_onnx, cli_int8, text_jsonl):
     js, md = cli_workdir / "bench" / "r.json", cli_workdir / "bench" / "r.md"
     proc = cli("bench", cli_onnx, cli_int8, "--data", text_jsonl, "--batch-sizes", "1,2", "--runs", "2", "--warmup", "0",
-               "--seq-len", "16", "--threads", "1", "--json", js, "--report", md)
+               "--seq-len", "16", "--threads", "1", "--json-out", js, "--report", md)
     assert proc.returncode == 0, proc.stderr
     assert "p50 ms" in proc.stdout and "int8" in proc.stdout
     rep = json.loads(js.read_text())

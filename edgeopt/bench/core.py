@@ -72,6 +72,7 @@ class BenchRow(BaseModel):
 
 
 class BenchReport(BaseModel):
+    kind: Literal["edgeopt bench report"] = "edgeopt bench report"  # first key: marks the file as ours
     config: BenchConfig
     data: str
     threads: Optional[int]

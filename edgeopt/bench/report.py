@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..outputs import REPORT_MARK
 from .core import BenchReport
 
 COLUMNS = ["artifact", "format", "precision", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "items/s",
@@ -68,6 +69,8 @@ def plot(report: BenchReport, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .._version import __version__
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     use_acc = any(r.accuracy is not None for r in report.rows)
     for bs in sorted({r.batch_size for r in report.rows}):
@@ -83,27 +86,42 @@ def plot(report: BenchReport, path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    # The 'Software' tag marks the plot as edgeopt's, so a later run may replace it.
+    fig.savefig(path, dpi=110, format="png", metadata={"Software": f"edgeopt {__version__}"})
     plt.close(fig)
-    return path
+    return Path(path)
+
+
+def check_report_paths(json_path: Optional[Path], md_path: Optional[Path], inputs: tuple = ()) -> None:
+    """Refuse report paths that are not edgeopt's to write (before any benchmarking starts)."""
+    from ..outputs import check_output, check_outputs_distinct
+
+    png = Path(md_path).with_suffix(".png") if md_path else None
+    if md_path and Path(md_path).suffix.lower() == ".png":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--report {md_path}: give a Markdown file name (.md); the plot is written beside it as .png")
+    check_outputs_distinct([json_path, md_path, png])
+    for p in (json_path, md_path, png):
+        if p is not None:
+            check_output(p, *inputs, kind="file")
 
 
 def write_outputs(report: BenchReport, json_path: Optional[Path] = None, md_path: Optional[Path] = None,
-                  title: str = "edgeopt bench") -> dict[str, Path]:
-    """Write the JSON and/or Markdown report; the PNG plot goes next to the Markdown report."""
+                  title: str = "edgeopt bench", inputs: tuple = ()) -> dict[str, Path]:
+    """Write the JSON and/or Markdown report (each atomically); the PNG plot goes next to the Markdown report.
+
+    A path that exists is replaced only if edgeopt wrote it (see edgeopt.outputs)."""
+    from ..outputs import write_file_atomic
+
+    check_report_paths(json_path, md_path, inputs)
     written = {}
     if json_path:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(report.model_dump_json(indent=2))
-        written["json"] = json_path
+        written["json"] = write_file_atomic(json_path, lambda t: t.write_text(report.model_dump_json(indent=2)), *inputs)
     if md_path:
         md_path = Path(md_path)
-        md_path.parent.mkdir(parents=True, exist_ok=True)
-        png = plot(report, md_path.with_suffix(".png"))
-        md_path.write_text(markdown(report, title) + f"\n![latency vs accuracy]({png.name})\n")
-        written["report"] = md_path
+        png = write_file_atomic(md_path.with_suffix(".png"), lambda t: plot(report, t), *inputs)
+        text = markdown(report, title) + f"\n![latency vs accuracy]({png.name})\n\n<!-- {REPORT_MARK} -->\n"
+        written["report"] = write_file_atomic(md_path, lambda t: t.write_text(text), *inputs)
         written["plot"] = png
     return written

@@ -7,27 +7,85 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError as PydanticValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from .._version import __version__
 from ..errors import ConfigError, EdgeoptError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Take a trained PyTorch / Hugging Face model to a fast, verified model on a device.")
-# Tables are wide: when output is not a terminal (CI logs, pipes) do not squeeze them to 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 180)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
+
+
+def _console(stderr: bool = False) -> Console:
+    """On a terminal, rich wraps to its width; elsewhere (CI logs, pipes, files) lines are never
+    wrapped or cut, so scripts and tests see whole paths whatever the terminal or path length."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty else 100_000, soft_wrap=not tty)
+
+
+console = _console()
+err_console = _console(stderr=True)
 _state = {"debug": False}
 
+
+def _choices(name: str, values) -> type[Enum]:
+    """A typed choice for an option: --help lists the values and shell completion offers them."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+def _target_choices() -> type[Enum]:
+    from ..targets import target_names  # reads the targets/ folder listing only, no YAML
+
+    return _choices("Target", ["host", *target_names()])
+
+
+Ptq = _choices("Ptq", ["dynamic", "static"])
+Method = _choices("Method", ["minmax", "entropy", "percentile"])
+Exporter = _choices("Exporter", ["torchscript", "dynamo"])
+Structured = _choices("Structured", ["heads", "neurons", "channels"])
+Importance = _choices("Importance", ["magnitude", "taylor"])
+Task = _choices("Task", ["text-classification", "feature-extraction", "image-classification"])
+Target = _target_choices()
+
+
+def _v(choice: Optional[Enum]) -> Optional[str]:
+    return None if choice is None else choice.value
+
+
+def _p(path: Any) -> str:
+    """A path for rich output: '[' in a folder name is text, not markup."""
+    return escape(str(path))
+
+
+def _emit(obj: Any) -> None:
+    """--json: one JSON object on stdout, nothing else."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def artifact_summary(art) -> dict:
+    """What --json prints for a command that wrote an artifact."""
+    m = art.manifest
+    last = m.lineage[-1] if m.lineage else None
+    return {"artifact": str(art.path), "format": m.format, "task": m.task, "precision": m.model.get("precision", "fp32"),
+            "labels": m.labels, "stage": last.stage if last else None,
+            "parent_hash": last.parent_hash if last else None, "manifest_hash": m.digest(),
+            "io": m.io.model_dump(mode="json"), "model": m.model, "metrics": m.metrics, "files": len(m.files)}
+
+
 # Shared option declarations (declared once, used by several commands).
-OutOpt = Annotated[Path, typer.Option("--output", "-o", help="Directory for the new artifact (written atomically).")]
-TargetOpt = Annotated[Optional[str], typer.Option("--target", "-t", help="Deployment target: x86, rpi, jetson, gpu-server (default: this host).")]
+OutOpt = Annotated[Path, typer.Option("--output", "-o", help="New folder for the artifact (written atomically); an existing "
+                                      "path is replaced only if it is an edgeopt artifact.")]
+TargetOpt = Annotated[Optional[Target], typer.Option("--target", "-t", help="Deployment target (default: this host).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object (the artifact, its manifest summary and metrics) to stdout.")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset: .jsonl, .npz or sklearn:digits[:split].")]
 ValDataOpt = Annotated[Optional[str], typer.Option("--val-data", help="Labelled validation data: the best epoch is kept.")]
 EvalDataOpt = Annotated[Optional[str], typer.Option("--eval-data", help="Labelled test data: accuracy before/after is recorded.")]
@@ -73,21 +131,24 @@ def export(
     batch_axis: Annotated[bool, typer.Option("--batch-axis/--no-batch-axis", help="Dynamic batch axis (else batch 1).")] = True,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the numeric check against PyTorch.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the numeric check.")] = 1e-3,
-    exporter: Annotated[str, typer.Option(help="torchscript (fuses best with ONNX Runtime) or dynamo.")] = "torchscript",
+    exporter: Annotated[Exporter, typer.Option(help="torchscript (fuses best with ONNX Runtime) or dynamo.")] = Exporter.torchscript,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="ONNX Runtime graph optimizations / transformer fusions.")] = True,
-    task: Annotated[Optional[str], typer.Option(help="Override the checkpoint's task: text-classification, feature-extraction, image-classification.")] = None,
+    task: Annotated[Optional[Task], typer.Option(help="Override the checkpoint's task.")] = None,
     data: DataOpt = None,
+    as_json: JsonOpt = False,
 ):
     """Export a PyTorch / HF model to ONNX, optimize it and check it against PyTorch."""
     from ..stages.export import ExportConfig
     from ..stages.export import export as run
 
-    cfg = make_config(ExportConfig, opset=opset, batch_axis=batch_axis, atol=atol, rtol=rtol, exporter=exporter,
-                      optimize=optimize, check_data=data, task=task)
+    cfg = make_config(ExportConfig, opset=opset, batch_axis=batch_axis, atol=atol, rtol=rtol, exporter=_v(exporter),
+                      optimize=optimize, check_data=data, task=_v(task))
     art = run(_model_path(model), output, cfg)
+    if as_json:
+        return _emit(artifact_summary(art))
     m = art.manifest
     checks = m.metrics["numeric_check"]["outputs"]
-    console.print(f"[green]exported[/green] {art.path} ({m.metrics['size_bytes'] / 1e6:.1f} MB, "
+    console.print(f"[green]exported[/green] {_p(art.path)} ({m.metrics['size_bytes'] / 1e6:.1f} MB, "
                   f"optimization: {m.model['optimization']['level']})")
     for name, rec in checks.items():
         console.print(f"  {name}: max abs err {rec['max_abs_err']:.2e}, max rel err {rec['max_rel_err']:.2e} "
@@ -98,11 +159,11 @@ def export(
 def quantize(
     model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact (PTQ), or a PyTorch hf/torch artifact (--qat, or torch-side --ptq static).")],
     output: OutOpt,
-    ptq: Annotated[Optional[str], typer.Option(help="dynamic (weights int8, activations at run time) or static (QDQ, calibrated).")] = None,
+    ptq: Annotated[Optional[Ptq], typer.Option(help="dynamic (weights int8, activations at run time) or static (QDQ, calibrated).")] = None,
     qat: Annotated[bool, typer.Option("--qat", help="Quantization-aware training in PyTorch, exported as a TensorRT-style QDQ ONNX.")] = False,
     calib: Annotated[Optional[str], typer.Option(help="Calibration data for --ptq static.")] = None,
     calib_samples: Annotated[Optional[int], typer.Option(help="Calibration samples to use.")] = None,
-    method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
+    method: Annotated[Method, typer.Option(help="Calibration method.")] = Method.minmax,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Per-channel weight scales.")] = True,
     target: TargetOpt = None,
     eval_data: EvalDataOpt = None,
@@ -111,10 +172,12 @@ def quantize(
     val_data: ValDataOpt = None,
     epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
     lr: Annotated[float, typer.Option(help="QAT learning rate.")] = 2e-5,
+    as_json: JsonOpt = False,
 ):
     """Quantize to int8: ONNX Runtime PTQ on ONNX artifacts, or QAT / torch-side PTQ on PyTorch models."""
     from ..artifact import load_artifact
 
+    ptq, method, target = _v(ptq), _v(method), _v(target)
     parent = load_artifact(_model_path(model))
     if qat or (parent.manifest.format in ("hf", "torch")):
         if not qat and ptq != "static":
@@ -138,15 +201,17 @@ def quantize(
         cfg = make_config(QuantizeConfig, ptq=ptq or "dynamic", calib=calib, calib_samples=calib_samples, method=method,
                           per_channel=per_channel, target=target, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
         art = run(parent, output, cfg)
+    if as_json:
+        return _emit(artifact_summary(art))
     m = art.manifest
     q = m.model["quantization"]
     ev = m.metrics["eval"]
-    console.print(f"[green]quantized[/green] {art.path}: {q['mode']} int8 for {q['target']} "
+    console.print(f"[green]quantized[/green] {_p(art.path)}: {q['mode']} int8 for {q['target']} "
                   f"(weights {q['weight_type']}{', per-channel' if q['per_channel'] else ''}, activations {q['activation_type']}), "
                   f"{m.metrics['size_bytes'] / 1e6:.1f} MB")
     parts = [f"{k} {v:.4f}" for k, v in ev.items() if k in ("parent_accuracy", "accuracy", "top1_agreement", "cosine_mean") and v is not None]
     if parts:
-        console.print(f"  on {ev.get('samples', '?')} samples of {ev['data']}: " + ", ".join(parts))
+        console.print(f"  on {ev.get('samples', '?')} samples of {_p(ev['data'])}: " + ", ".join(parts))
 
 
 @app.command()
@@ -156,14 +221,17 @@ def merge(
     output: OutOpt,
     atol: Annotated[float, typer.Option(help="Max abs difference allowed between merged and PEFT outputs.")] = 1e-4,
     data: DataOpt = None,
+    as_json: JsonOpt = False,
 ):
     """Merge a PEFT adapter (LoRA & co., with modules_to_save) into the base; checked against the PEFT model."""
     from ..stages.merge import MergeConfig
     from ..stages.merge import merge as run
 
     art = run(_model_path(base), output, make_config(MergeConfig, adapter=adapter, atol=atol, check_data=data))
+    if as_json:
+        return _emit(artifact_summary(art))
     rec = art.manifest.metrics["numeric_check"]["outputs"]
-    console.print(f"[green]merged[/green] {art.path} ({art.manifest.task}); merged vs PEFT: "
+    console.print(f"[green]merged[/green] {_p(art.path)} ({art.manifest.task}); merged vs PEFT: "
                   + ", ".join(f"{k} max abs diff {v['max_abs_err']:.2e}" for k, v in rec.items()))
 
 
@@ -172,21 +240,24 @@ def prune(
     model: Annotated[str, typer.Argument(help="PyTorch model (hf or torch artifact).")],
     output: OutOpt,
     sparsity: Annotated[float, typer.Option(help="Fraction to remove, in [0, 1).")],
-    structured: Annotated[Optional[str], typer.Option(help="heads | neurons (transformers) | channels (CNNs); omit for unstructured.")] = None,
-    importance: Annotated[str, typer.Option(help="magnitude or taylor (gradient x weight on --data).")] = "magnitude",
+    structured: Annotated[Optional[Structured], typer.Option(help="heads | neurons (transformers) | channels (CNNs); omit for unstructured.")] = None,
+    importance: Annotated[Importance, typer.Option(help="magnitude, or taylor (gradient x weight on --data).")] = Importance.magnitude,
     data: DataOpt = None,
     recover_steps: Annotated[int, typer.Option(help="Recovery fine-tune steps on --data.")] = 0,
     val_data: ValDataOpt = None,
     eval_data: EvalDataOpt = None,
     lr: Annotated[float, typer.Option(help="Recovery learning rate.")] = 5e-5,
+    as_json: JsonOpt = False,
 ):
     """Prune weights (unstructured) or remove heads / neurons / channels (structured, smaller and faster)."""
     from ..stages.prune import PruneConfig
     from ..stages.prune import prune as run
 
-    cfg = make_config(PruneConfig, sparsity=sparsity, structured=structured, importance=importance, data=data,
+    cfg = make_config(PruneConfig, sparsity=sparsity, structured=_v(structured), importance=_v(importance), data=data,
                       recover_steps=recover_steps, val_data=val_data, eval_data=eval_data, lr=lr)
     art = run(_model_path(model), output, cfg)
+    if as_json:
+        return _emit(artifact_summary(art))
     _print_before_after(art, "pruned")
 
 
@@ -205,6 +276,7 @@ def distill(
     batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 32,
     val_data: ValDataOpt = None,
     eval_data: EvalDataOpt = None,
+    as_json: JsonOpt = False,
 ):
     """Distill a smaller student from a teacher (KL at temperature T + cross-entropy, optional hidden MSE)."""
     from ..stages.distill import DistillConfig
@@ -214,9 +286,11 @@ def distill(
                       alpha=alpha, hidden_loss=hidden_loss, epochs=epochs, lr=lr, batch_size=batch_size,
                       val_data=val_data, eval_data=eval_data)
     art = run(_model_path(teacher), output, cfg)
+    if as_json:
+        return _emit(artifact_summary(art))
     m = art.manifest.metrics
     t, st = m["teacher"], m["student"]
-    console.print(f"[green]distilled[/green] {art.path}: params {t['params']:,} -> {st['params']:,}, "
+    console.print(f"[green]distilled[/green] {_p(art.path)}: params {t['params']:,} -> {st['params']:,}, "
                   f"torch latency b8 {t['latency_ms_b8']:.1f} -> {st['latency_ms_b8']:.1f} ms"
                   + (f", accuracy {t['accuracy']:.4f} -> {st['accuracy']:.4f}" if "accuracy" in st else ""))
 
@@ -224,7 +298,7 @@ def distill(
 def _print_before_after(art, verb: str) -> None:
     m = art.manifest.metrics
     b, a = m["before"], m["after"]
-    console.print(f"[green]{verb}[/green] {art.path}: params {b['params']:,} -> {a['params']:,}, "
+    console.print(f"[green]{verb}[/green] {_p(art.path)}: params {b['params']:,} -> {a['params']:,}, "
                   f"torch latency b8 {b['latency_ms_b8']:.1f} -> {a['latency_ms_b8']:.1f} ms"
                   + (f", accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}" if "accuracy" in a else ""))
     if m["prune"].get("note"):
@@ -247,7 +321,7 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every runtime.")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 30,
     warmup: Annotated[int, typer.Option(help="Warm-up runs per batch size.")] = 3,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json-out", help="Write the results to this JSON file.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write a Markdown report (and a PNG plot beside it).")] = None,
     url: Annotated[Optional[str], typer.Option(help="Load-test a running `edgeopt serve` at this URL instead.")] = None,
     concurrency: Annotated[int, typer.Option(help="Concurrent HTTP clients (with --url).")] = 8,
@@ -255,10 +329,13 @@ def bench(
     requests: Annotated[Optional[int], typer.Option(help="Requests to send (with --url; default 200 unless --duration).")] = None,
     items_per_request: Annotated[int, typer.Option(help="Inputs per HTTP request (with --url).")] = 1,
     api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the server's API key (with --url).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout instead of the table.")] = False,
 ):
     """Latency (p50/p90/p99), throughput, memory, size and accuracy of artifacts side by side, or of a server (--url)."""
-    from ..bench.report import rich_table, write_outputs
+    from ..bench.report import check_report_paths, rich_table, write_outputs
 
+    inputs = tuple(_model_path(a) for a in artifacts or [])
+    check_report_paths(json_out, report, inputs)  # before minutes of benchmarking
     if url:
         if artifacts:
             raise ConfigError("give either artifacts (in-process bench) or --url (HTTP load test), not both")
@@ -276,17 +353,20 @@ def bench(
             raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
         cfg = make_config(BenchConfig, data=data, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
                           seq_len=seq_len if seq_len == "auto" else int(seq_len), threads=threads, runs=runs, warmup=warmup)
-        rep = run([_model_path(a) for a in artifacts], cfg)
+        rep = run(list(inputs), cfg)
+    written = write_outputs(rep, json_out, report, inputs=inputs)
+    if as_json:
+        return _emit({**rep.model_dump(mode="json"), "written": {k: str(v) for k, v in written.items()}})
     console.print(rich_table(rep))
-    for kind, path in write_outputs(rep, json_out, report).items():
-        console.print(f"{kind}: {path}")
+    for kind, path in written.items():
+        console.print(f"{kind}: {_p(path)}")
 
 
 @app.command()
 def serve(
     artifact: Annotated[str, typer.Argument(help="Artifact to serve (ONNX, torch or HF).")],
     host: Annotated[str, typer.Option(help="Bind address; 127.0.0.1 keeps it local (use 0.0.0.0 in containers).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port, 1-65535.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most inputs coalesced into one model call (1 turns batching off).")] = 16,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to batch with.")] = 5.0,
     api_key_env: Annotated[Optional[str], typer.Option(help="Require the API key held in this environment variable.")] = None,
@@ -301,10 +381,7 @@ def serve(
     from ..serve.app import ServeSettings
     from ..serve.app import serve as run
 
-    if target is not None:
-        from ..targets import get_target
-
-        get_target(target)
+    target = _v(target)
     settings = make_config(ServeSettings, artifact=str(_model_path(artifact)), max_batch=max_batch, max_wait_ms=max_wait_ms,
                            api_key_env=api_key_env, threads=threads, target=target, max_items=max_items,
                            max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout)
@@ -312,8 +389,11 @@ def serve(
         raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; export it with the key")
     from ..artifact import load_artifact
 
+    from ..serve.app import check_bind
+
     load_artifact(settings.artifact)  # a bad path is one error line, before any "serving" banner
-    err_console.print(f"serving {settings.artifact} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
+    check_bind(host, port)  # a port in use is one error line too
+    err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
     run(settings, host=host, port=port, workers=workers)
 
 
@@ -322,21 +402,41 @@ def run_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     force: Annotated[bool, typer.Option("--force", help="Re-run every stage, ignoring the cache.")] = False,
     validate_only: Annotated[bool, typer.Option("--validate", help="Only validate the recipe.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stages' results as one JSON object on stdout.")] = False,
 ):
     """Run a recipe's stages in order; finished stages are cached and skipped on the next run."""
-    from ..bench.report import rich_table
     from ..recipe import load_recipe, run_recipe
 
     r = load_recipe(recipe)
     if validate_only:
-        console.print(f"[green]valid[/green]: {r.path} — {len(r.stages)} stages: " + ", ".join(f"{s.name} ({s.kind})" for s in r.stages))
+        if as_json:
+            return _emit({"recipe": str(r.path), "valid": True, "workdir": str(r.workdir),
+                          "stages": [{"name": s.name, "kind": s.kind} for s in r.stages]})
+        console.print(f"[green]valid[/green]: {_p(r.path)} — {len(r.stages)} stages: " + ", ".join(f"{s.name} ({s.kind})" for s in r.stages))
         return
-    res = run_recipe(r, force=force, on_stage=lambda n, st: err_console.print(f"[bold]{n}[/bold]: {st}"))
+    res = run_recipe(r, force=force, on_stage=lambda n, st: err_console.print(f"[bold]{escape(n)}[/bold]: {st}"))
+    _render_run(res, as_json, title=r.name)
+
+
+def _render_run(res, as_json: bool, title: str) -> None:
+    from ..artifact import load_artifact
+    from ..bench.report import rich_table
+
+    if as_json:
+        stages = []
+        for s in res.stages:
+            rec: dict[str, Any] = {"name": s.name, "kind": s.kind, "path": str(s.path), "cached": s.cached, "seconds": s.seconds}
+            if s.report is not None:
+                rec["report"] = s.report.model_dump(mode="json")
+            else:
+                rec.update(artifact_summary(load_artifact(s.path, verify=False)))
+            stages.append(rec)
+        return _emit({"recipe": str(res.recipe.path), "workdir": str(res.recipe.workdir), "stages": stages})
     for s in res.stages:
-        console.print(f"{s.name:<16} {s.kind:<10} {'cached' if s.cached else f'{s.seconds:.1f}s':>8}  {s.path}")
+        console.print(f"{escape(s.name):<16} {s.kind:<10} {'cached' if s.cached else f'{s.seconds:.1f}s':>8}  {_p(s.path)}")
         if s.report is not None:
-            console.print(rich_table(s.report, title=f"{r.name}: {s.name}"))
-            console.print(f"report: {s.path / 'report.md'}")
+            console.print(rich_table(s.report, title=f"{title}: {s.name}"))
+            console.print(f"report: {_p(s.path / 'report.md')}")
 
 
 @app.command()
@@ -352,7 +452,7 @@ def inspect(
     if as_json:
         print(json.dumps(m.model_dump(mode="json"), indent=2))
         return
-    console.print(f"[bold]{art.path}[/bold]")
+    console.print(f"[bold]{_p(art.path)}[/bold]")
     console.print(f"format {m.format} ({m.model.get('precision', 'fp32')}), task {m.task}, edgeopt {m.edgeopt_version}")
     if m.labels:
         console.print(f"labels ({len(m.labels)}): {', '.join(m.labels[:12])}{' ...' if len(m.labels) > 12 else ''}")
@@ -375,10 +475,12 @@ def inspect(
 
 
 @app.command()
-def targets():
+def targets(as_json: Annotated[bool, typer.Option("--json", help="Print the targets as one JSON object.")] = False):
     """List deployment targets."""
     from ..targets import get_target, target_names
 
+    if as_json:
+        return _emit({"targets": [get_target(n).model_dump(mode="json") for n in target_names()]})
     for n in target_names():
         t = get_target(n)
         q = t.quantization
@@ -390,16 +492,19 @@ def targets():
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its artifacts and report.")] = Path("runs/demo"),
     force: Annotated[bool, typer.Option("--force", help="Re-run every stage, ignoring the cache.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stages' results as one JSON object on stdout.")] = False,
 ):
     """Fine-tune all-MiniLM-L6-v2 on product descriptions, export, quantize, benchmark, and print the table."""
     from ..bench.report import rich_table
     from ..demo import run_demo
 
     res = run_demo(workdir, force=force, on_stage=lambda n, st: err_console.print(f"[bold]{n}[/bold]: {st}"))
+    if as_json:
+        return _render_run(res, True, title="edgeopt demo")
     for s in res.stages:
         if s.report is not None:
             console.print(rich_table(s.report, title="edgeopt demo: product classifier"))
-            console.print(f"report: {s.path / 'report.md'} (plot: {s.path / 'report.png'})")
+            console.print(f"report: {_p(s.path / 'report.md')} (plot: {_p(s.path / 'report.png')})")
 
 
 def _click_exceptions():
@@ -415,9 +520,25 @@ def main(argv: Optional[list[str]] = None) -> None:
     ex = _click_exceptions()
 
     args = list(sys.argv[1:] if argv is None else argv)
+    # ONNX Runtime >= 1.25 on Linux writes a telemetry cache ($TMPDIR/.ses) and uploads events unless
+    # opted out before it loads; edgeopt writes nothing outside its outputs, and devices are often
+    # offline. ORT_DISABLE_TELEMETRY=0 in the environment keeps ONNX Runtime's default.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    if not sys.stdout.isatty():  # --help in a pipe or log: wide enough that no help text is cut off
+        import typer.rich_utils
+
+        typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or 250
     debug = "--debug" in args or bool(os.environ.get("EDGEOPT_DEBUG"))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         console.quiet = True
+    # A container stop sends SIGTERM: unwind like Ctrl-C, so partial outputs and temporary
+    # folders are removed (`serve` installs uvicorn's own graceful handler instead).
+    from ..outputs import Terminated
+
+    def _terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, _terminate)
     if not debug:  # library deprecation chatter is not the user's problem
         import warnings
 
@@ -425,8 +546,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         rc = app(args=args, prog_name="edgeopt", standalone_mode=False)
-    except ex.ClickException as e:  # usage errors: bad option, missing argument
-        e.show()
+    except ex.ClickException as e:  # usage errors: bad option, missing argument; one line like ours
+        msg = " ".join(e.format_message().replace("Value error, ", "").split())
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        _print_error(msg + hint)
         sys.exit(2)
     except EdgeoptError as e:
         if debug:
@@ -436,6 +560,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted; finished artifacts are kept, partial ones removed")
         sys.exit(130)
+    except Terminated as e:
+        err_console.print("terminated; finished artifacts are kept, partial ones removed")
+        sys.exit(e.code)
     except Exception as e:
         if debug:
             raise

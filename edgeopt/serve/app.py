@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from ..artifact import ImagePreprocessing, TextPreprocessing, load_artifact
+from ..errors import ConfigError
 
 log = logging.getLogger("edgeopt.serve")
 OPEN_ROUTES = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
@@ -66,8 +67,6 @@ def create_app(settings: ServeSettings):
     if settings.api_key_env:
         api_key = os.environ.get(settings.api_key_env)
         if not api_key:
-            from ..errors import ConfigError
-
             raise ConfigError(f"--api-key-env {settings.api_key_env}: that environment variable is empty or unset; export it with the key")
     metrics = ServeMetrics()
     metrics.model_info.info({"name": art.name, "task": m.task, "format": m.format,
@@ -372,6 +371,32 @@ def app_from_env():
     return create_app(ServeSettings.model_validate_json(os.environ["EDGEOPT_SERVE_SETTINGS"]))
 
 
+def check_bind(host: str, port: int) -> None:
+    """Refuse a port outside 1-65535, an unknown host or a port already in use, in one line each
+    (uvicorn would otherwise die in its event loop, or abort the process with native threads alive)."""
+    import errno
+    import socket
+
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: choose a TCP port from 1 to 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: not an address of this machine ({e.strerror}); use 127.0.0.1 or 0.0.0.0") from e
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "in use"
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use; stop the other server or choose another --port") from e
+            if e.errno == errno.EACCES:
+                raise ConfigError(f"port {port} on {host}: permission denied (ports below 1024 need root); "
+                                  "choose a port above 1024") from e
+            raise ConfigError(f"--host {host} --port {port}: cannot bind ({e.strerror}); check the address") from e
+
+
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           log_level: str = "info") -> None:
     import signal
@@ -379,6 +404,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     import uvicorn
 
     load_artifact(settings.artifact)  # fail fast on a bad path, before binding the port
+    check_bind(host, port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
     # there before it; a no-op one makes a graceful stop exit 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -101,7 +101,7 @@ def save_module(parent: Artifact, wrapper, out, *, stage: str, config: dict, met
         if pm.format == "hf":
             from ..models.hf import load_tokenizer
 
-            with write_artifact(out) as tmp:
+            with write_artifact(out, parent) as tmp:
                 wrapper.model.save_pretrained(tmp, safe_serialization=True)
                 if pm.io.preprocessing is not None and pm.io.preprocessing.kind == "text":
                     load_tokenizer(parent).save_pretrained(tmp)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..artifact import Artifact
 from ..errors import ConfigError, InputError
+from ..outputs import check_output
 
 
 class DistillConfig(BaseModel):
@@ -56,6 +57,7 @@ def distill(teacher, out, config: DistillConfig) -> Artifact:
 
     cfg = config
     parent = torch_parent(teacher, "distill")
+    check_output(out, parent, cfg)
     pm = parent.manifest
     seed_everything(cfg.seed)
     t_wrap = load_torch_model(parent).eval()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..artifact import (Artifact, ImagePreprocessing, IOSpec, Manifest, TensorSpec, TextPreprocessing,
                         finalize, load_artifact, write_artifact)
 from ..errors import ConfigError, InputError
+from ..outputs import check_output
 
 
 class LoraSettings(BaseModel):
@@ -57,10 +58,12 @@ def finetune(model: Optional[Artifact | str | Path], out: str | Path, config: Fi
 
     cfg = config
     if cfg.factory:
+        check_output(out, cfg)
         return _finetune_factory(out, cfg)
     if model is None:
         raise ConfigError("finetune needs a base model (a Hugging Face folder) or a 'factory'")
     base = model if isinstance(model, Artifact) else load_artifact(model)
+    check_output(out, base, cfg)
     if base.manifest.format != "hf" or not isinstance(base.manifest.io.preprocessing, TextPreprocessing):
         raise ConfigError(f"{base.path}: finetune takes a Hugging Face text model here (got {base.manifest.format}, {base.manifest.task})")
     train = load_dataset(cfg.train_data, kind="text")
@@ -110,7 +113,7 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
               evaluate=(lambda m: accuracy(m, val)) if val is not None else None, desc="fine-tuning")
     train_s = time.perf_counter() - t0
 
-    with write_artifact(out) as tmp, torch.no_grad():
+    with write_artifact(out, base, cfg) as tmp, torch.no_grad():
         metrics = {"train_seconds": train_s, "best_epoch": res.best_epoch, "history": res.history,
                    "val_accuracy": res.best_val_accuracy}
         if cfg.lora:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..artifact import Artifact, finalize, load_artifact, write_artifact
 from ..errors import ConfigError, InputError, ValidationError
+from ..outputs import check_output
 
 # PEFT methods whose weights fold into the base layers (merge_and_unload). Prompt-style methods
 # (prompt/prefix/p-tuning, adaption prompt, ...) add virtual tokens and cannot be merged.
@@ -110,6 +111,7 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     adapter = Path(cfg.adapter).expanduser()
     acfg, shapes = _read_adapter(adapter)
     parent = base if isinstance(base, Artifact) else load_artifact(base)
+    check_output(out, parent, cfg)
     pm = parent.manifest
     if adapter.resolve().is_relative_to(parent.path.resolve()):
         raise ConfigError(f"{parent.path}: already holds {adapter.name}/ merged into its weights (it is the fine-tuned "
@@ -157,7 +159,7 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     if failures:
         raise ValidationError("merged model disagrees with the PEFT model", failures)
 
-    with write_artifact(out) as tmp:
+    with write_artifact(out, parent, cfg) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(parent).save_pretrained(tmp)
         adopted = adopt_hf_folder(tmp, task=task)

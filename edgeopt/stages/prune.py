@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..artifact import Artifact
 from ..errors import ConfigError, StageError
+from ..outputs import check_output
 
 
 class PruneConfig(BaseModel):
@@ -44,6 +45,7 @@ def prune(model, out, config: PruneConfig) -> Artifact:
 
     cfg = config
     parent = torch_parent(model, "prune")
+    check_output(out, parent, cfg)
     pm = parent.manifest
     seed_everything(cfg.seed)
     wrapper = load_torch_model(parent)

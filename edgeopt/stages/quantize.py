@@ -2,14 +2,19 @@
 followed by an accuracy / fidelity check against the parent model."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import threading
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..artifact import Artifact, finalize, load_artifact, write_artifact
 from ..errors import ConfigError, EdgeoptError, StageError, ValidationError
+from ..outputs import check_output
 
 log = logging.getLogger("edgeopt.quantize")
 
@@ -45,6 +50,7 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
 
     cfg = config
     parent = model if isinstance(model, Artifact) else load_artifact(model)
+    check_output(out, parent, cfg)
     pm = parent.manifest
     if pm.format != "onnx":
         raise ConfigError(f"{parent.path}: is format '{pm.format}'; ONNX Runtime PTQ takes an onnx artifact — run `edgeopt export` first")
@@ -70,7 +76,7 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
     # inferred types; without DefaultTensorType quantization stops at "Unable to find data type".
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 
-    with write_artifact(out) as tmp:
+    with write_artifact(out, parent, cfg) as tmp:
         dst = tmp / "model.onnx"
         try:
             prepped = tmp / "preprocessed.onnx"
@@ -118,12 +124,36 @@ def _pre_process(src: Path, dst: Path, external: bool) -> None:
     """ONNX Runtime's recommended pre-pass: shape inference and graph cleanup before quantizing."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     kw = dict(save_as_external_data=external, all_tensors_to_one_file=True, external_data_location=dst.name + ".data")
+    work = dst.parent / ".pre-process"
+    work.mkdir()
     try:
-        quant_pre_process(str(src), str(dst), **kw)
-    except Exception as e:  # symbolic shape inference does not know every contrib op
-        log.info("quant_pre_process with symbolic shapes failed (%s); retrying without", e)
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **kw)
+        with _working_dir(work):
+            try:
+                quant_pre_process(str(src), str(dst), **kw)
+            except Exception as e:  # symbolic shape inference does not know every contrib op
+                log.info("quant_pre_process with symbolic shapes failed (%s); retrying without", e)
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **kw)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_CWD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """Run in ``path``: when ONNX Runtime's symbolic shape inference gives up, it saves
+    ``sym_shape_infer_temp.onnx`` and its external data into the current directory, which is
+    the user's. (The working directory is per process, hence the lock.)"""
+    with _CWD_LOCK:
+        old = os.getcwd()
+        os.chdir(path)
+        try:
+            yield
+        finally:
+            os.chdir(old)
 
 
 class _Reader:
@@ -150,8 +180,6 @@ class _Reader:
 
 
 def _copy_preprocessing(parent: Artifact, tmp: Path) -> None:
-    import shutil
-
     pre = parent.manifest.io.preprocessing
     if pre is not None and getattr(pre, "tokenizer", None):
         shutil.copytree(parent.path / pre.tokenizer, tmp / pre.tokenizer, dirs_exist_ok=True)

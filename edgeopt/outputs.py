@@ -1,0 +1,294 @@
+"""Where a command may write: the output-path rule, atomic replacement, and clean-up.
+
+The rule: an existing output path is replaced only when it is edgeopt's own output (an artifact
+folder whose ``manifest.json`` edgeopt wrote, a recipe workdir, a bench report). Anything else
+that exists — a file, a non-empty folder, the current directory or a folder that contains it, an
+input or a folder that contains an input — is refused before any work starts. An empty folder is
+fine. Outputs are built in a private temporary sibling (``.NAME.tmp-PID-XXXX``) and renamed into
+place; the temporary sibling is removed on errors, Ctrl-C and SIGTERM, and siblings left behind by
+a killed run (its PID is gone) are removed the next time the same output is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+from .errors import ConfigError
+
+MANIFEST = "manifest.json"
+WORKDIR_MARK = ".edgeopt-cache.json"  # a recipe workdir holds its stage cache
+REPORT_MARK = "edgeopt bench report"  # first line of every Markdown report, key of every JSON report
+
+# Stage-config fields that name input files (data, calibration sets, adapters, source models).
+INPUT_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "check_data", "data", "source",
+                "adapter", "student")
+
+PathLike = Union[str, Path]
+
+
+def _display(p: Path) -> str:
+    """A path as the user would recognise it: relative to the current directory when inside it."""
+    try:
+        rel = p.relative_to(Path.cwd().resolve())
+        return str(rel) if str(rel) != "." else "."
+    except ValueError:
+        return str(p)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def input_paths(*things: Any) -> list[Path]:
+    """Resolved paths of the inputs of a stage: artifacts, paths, or configs (their file fields)."""
+    out: list[Path] = []
+    for t in things:
+        if t is None:
+            continue
+        if hasattr(t, "manifest") and hasattr(t, "path"):  # an Artifact
+            out.append(Path(t.path).expanduser().resolve())
+        elif isinstance(t, (str, Path)):
+            s = str(t)
+            if not s.startswith(("sklearn:", "pkg:")) and not s.lstrip().startswith("{"):
+                out.append(Path(s).expanduser().resolve())
+        elif hasattr(t, "model_dump"):  # a pydantic stage config
+            for k in INPUT_FIELDS:
+                v = getattr(t, k, None)
+                if isinstance(v, str):
+                    out.extend(input_paths(v))
+        elif isinstance(t, (list, tuple)):
+            out.extend(input_paths(*t))
+    return out
+
+
+def is_artifact_dir(p: Path) -> bool:
+    """A folder whose manifest.json edgeopt wrote (it parses as an edgeopt manifest)."""
+    mf = p / MANIFEST
+    if not mf.is_file():
+        return False
+    try:
+        data = json.loads(mf.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"schema_version", "edgeopt_version", "format", "io"} <= set(data)
+
+
+def is_report_dir(p: Path) -> bool:
+    """A bench stage's folder in a recipe workdir: report.json (and .md/.png) only."""
+    names = {f.name for f in p.iterdir()}
+    return "report.json" in names and names <= {"report.json", "report.md", "report.png"} and is_report_file(p / "report.json")
+
+
+def is_workdir(p: Path) -> bool:
+    return (p / WORKDIR_MARK).is_file()
+
+
+def is_report_file(p: Path) -> bool:
+    """A report edgeopt wrote: a Markdown/JSON bench report, or a plot carrying edgeopt's PNG tag."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+            f.seek(max(0, p.stat().st_size - 4096))
+            tail = f.read()
+    except OSError:
+        return False
+    if head.startswith(b"\x89PNG"):
+        return b"edgeopt" in head  # matplotlib writes our 'Software' tag in a tEXt chunk near the start
+    # JSON reports start with {"kind": "edgeopt bench report"; Markdown reports end with it in a comment
+    return REPORT_MARK.encode() in head or REPORT_MARK.encode() in tail
+
+
+def _refuse(p: Path, why: str, fix: str = "give a new folder (or an empty one)") -> ConfigError:
+    return ConfigError(f"{_display(p)}: {why}; {fix}")
+
+
+def check_output(out: PathLike, *inputs: Any, kind: str = "artifact") -> Path:
+    """Refuse an output path that is not edgeopt's to replace; return it resolved.
+
+    ``kind`` is what will be written there: ``artifact`` (a folder with manifest.json), ``workdir``
+    (a recipe's folder of artifacts), ``report-dir`` (a bench stage folder) or ``file`` (a report).
+    ``inputs`` are the stage's inputs (artifacts, paths, configs): the output may neither be one of
+    them, nor contain one, nor lie inside one.
+    """
+    p = Path(out).expanduser()
+    if str(out).strip() == "":
+        raise ConfigError("the output path is empty; give a new folder for the output")
+    p = p.resolve()
+    noun = "file" if kind == "file" else "folder"
+    cwd = Path.cwd().resolve()
+    if _inside(cwd, p):
+        what = "is the current directory" if p == cwd else "contains the current directory"
+        raise _refuse(p, f"{what}, which edgeopt will not replace", f"give a new {noun} for the output, e.g. {_display(p / 'out')}")
+    for inp in input_paths(*inputs):
+        if _inside(inp, p):
+            what = "is an input of this command" if inp == p else f"contains an input of this command ({_display(inp)})"
+            raise _refuse(p, what, f"give a new {noun} for the output")
+        if inp.is_dir() and _inside(p, inp):
+            raise _refuse(p, f"lies inside the input {_display(inp)}, which edgeopt never changes",
+                          f"give a {noun} outside it")
+    if not p.exists() and not p.is_symlink():
+        return p
+    if kind == "file":
+        if p.is_file() and is_report_file(p):
+            return p
+        what = "is a folder" if p.is_dir() else "exists and was not written by edgeopt"
+        raise _refuse(p, what, "give a new file name for the report")
+    if not p.is_dir():
+        raise _refuse(p, "is an existing file", "give a new folder for the output")
+    if not any(p.iterdir()):
+        return p
+    ours = {"artifact": is_artifact_dir, "workdir": is_workdir, "report-dir": is_report_dir}[kind]
+    if ours(p):
+        return p
+    what = {"artifact": "an edgeopt artifact (no manifest.json written by edgeopt)", "workdir": "an edgeopt recipe workdir",
+            "report-dir": "an edgeopt bench report"}[kind]
+    raise _refuse(p, f"is a folder with files in it that is not {what}, so edgeopt will not replace it")
+
+
+# ---------------------------------------------------------------------------------------------
+# temporary siblings
+# ---------------------------------------------------------------------------------------------
+
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_siblings(out: Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` left next to ``out`` by runs that were killed."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for f in out.parent.iterdir():
+        m = _SIBLING.match(f.name)
+        if m and m.group("name") == out.name and not _pid_alive(int(m.group("pid"))):
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+def _sibling(out: Path, what: str, directory: bool = True) -> Path:
+    prefix = f".{out.name}.{what}-{os.getpid()}-"
+    if directory:
+        p = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+        p.chmod(0o755)
+        return p
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=out.parent)
+    os.close(fd)
+    return Path(name)
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM while an output is being written (exit status 143)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into an exception, so ``finally`` clean-up runs as on Ctrl-C (a container stop
+    sends SIGTERM). Only in the main thread, and only where nobody else handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def staged_dir(out: PathLike, *inputs: Any, kind: str = "artifact",
+               complete: Optional[Callable[[Path], bool]] = None) -> Iterator[Path]:
+    """Yield a private temporary folder next to ``out``; on success rename it to ``out`` atomically.
+
+    The output rule is checked before (see :func:`check_output`) and again just before the rename,
+    in case something appeared at ``out`` meanwhile. On any error, Ctrl-C or SIGTERM the temporary
+    folder is removed and an existing ``out`` is left untouched.
+    """
+    out = check_output(out, *inputs, kind=kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(out)
+    with sigterm_as_exit():
+        tmp = _sibling(out, "tmp")
+        try:
+            yield tmp
+            if complete is not None and not complete(tmp):
+                raise RuntimeError("internal: the stage did not finish its output")
+            check_output(out, *inputs, kind=kind)
+            _replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` (checked to be ours) is swapped out and removed."""
+    if dst.is_dir() and not dst.is_symlink():
+        backup = _sibling(dst, "old")
+        backup.rmdir()
+        os.replace(dst, backup)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            os.replace(backup, dst)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def write_file_atomic(out: PathLike, write: Callable[[Path], None], *inputs: Any) -> Path:
+    """Write a report file through a temporary sibling, under the same output rule."""
+    out = check_output(out, *inputs, kind="file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(out)
+    with sigterm_as_exit():
+        tmp = _sibling(out, "tmp", directory=False)
+        try:
+            write(tmp)
+            tmp.chmod(0o644)
+            check_output(out, *inputs, kind="file")
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return out
+
+
+def check_outputs_distinct(paths: Iterable[Optional[Path]]) -> None:
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if p is None:
+            continue
+        r = Path(p).expanduser().resolve()
+        if r in seen:
+            raise ConfigError(f"{_display(r)} is named as two outputs; give each output its own path")
+        seen[r] = p
