@@ -34,17 +34,35 @@ INPUT_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "ch
 PathLike = Union[str, Path]
 
 
+def _cwd() -> Optional[Path]:
+    try:
+        return Path.cwd().resolve()
+    except OSError:  # the current directory was deleted: nothing can be inside it
+        return None
+
+
 def _display(p: Path) -> str:
     """A path as the user would recognise it: relative to the current directory when inside it."""
+    cwd = _cwd()
     try:
-        rel = p.relative_to(Path.cwd().resolve())
+        rel = p.relative_to(cwd) if cwd is not None else p
         return str(rel) if str(rel) != "." else "."
     except ValueError:
         return str(p)
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
+def _identity(p: Path) -> Optional[tuple[int, int]]:
+    """(device, inode): the same folder reached by two spellings, a symlink or a bind mount."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _chain(p: Path) -> list[tuple[int, int]]:
+    """The identities of ``p`` and each of its existing ancestors."""
+    return [i for i in (_identity(a) for a in (p, *p.parents)) if i is not None]
 
 
 def input_paths(*things: Any) -> list[Path]:
@@ -70,7 +88,8 @@ def input_paths(*things: Any) -> list[Path]:
 
 
 def is_artifact_dir(p: Path) -> bool:
-    """A folder whose manifest.json edgeopt wrote (it parses as an edgeopt manifest)."""
+    """A folder whose manifest.json edgeopt wrote, holding nothing but the files it lists (a folder
+    where someone also keeps their own files is theirs, not an artifact to replace)."""
     mf = p / MANIFEST
     if not mf.is_file():
         return False
@@ -78,36 +97,59 @@ def is_artifact_dir(p: Path) -> bool:
         data = json.loads(mf.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and {"schema_version", "edgeopt_version", "format", "io"} <= set(data)
+    if not (isinstance(data, dict) and {"schema_version", "edgeopt_version", "format", "io"} <= set(data)):
+        return False
+    listed = set(data.get("files") or {}) | {MANIFEST}
+    return all(f.relative_to(p).as_posix() in listed for f in p.rglob("*") if not f.is_dir())
 
 
 def is_report_dir(p: Path) -> bool:
-    """A bench stage's folder in a recipe workdir: report.json (and .md/.png) only."""
+    """A bench stage's folder in a recipe workdir: edgeopt's report.json (and .md/.png) only."""
     names = {f.name for f in p.iterdir()}
-    return "report.json" in names and names <= {"report.json", "report.md", "report.png"} and is_report_file(p / "report.json")
+    return ("report.json" in names and names <= {"report.json", "report.md", "report.png"}
+            and all(is_report_file(p / n) for n in names))
 
 
 def is_workdir(p: Path) -> bool:
     return (p / WORKDIR_MARK).is_file()
 
 
+MD_MARK_LINE = f"<!-- {REPORT_MARK} -->"
+
+
 def is_report_file(p: Path) -> bool:
-    """A report edgeopt wrote: a Markdown/JSON bench report, or a plot carrying edgeopt's PNG tag."""
+    """A report edgeopt wrote: JSON whose first key is ``"kind": REPORT_MARK``, Markdown whose last
+    line is edgeopt's closing comment, or a PNG whose 'Software' tag names edgeopt."""
     try:
-        with open(p, "rb") as f:
-            head = f.read(4096)
-            f.seek(max(0, p.stat().st_size - 4096))
-            tail = f.read()
+        data = p.read_bytes() if p.stat().st_size < 64 << 20 else b""
     except OSError:
         return False
-    if head.startswith(b"\x89PNG"):
-        return b"edgeopt" in head  # matplotlib writes our 'Software' tag in a tEXt chunk near the start
-    # JSON reports start with {"kind": "edgeopt bench report"; Markdown reports end with it in a comment
-    return REPORT_MARK.encode() in head or REPORT_MARK.encode() in tail
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return (_png_text(data).get("Software") or "").startswith("edgeopt ")
+    if data.lstrip().startswith(b"{"):
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return False
+        return isinstance(doc, dict) and next(iter(doc.items()), None) == ("kind", REPORT_MARK)
+    lines = data.decode("utf-8", "replace").rstrip().splitlines()
+    return bool(lines) and lines[-1].strip() == MD_MARK_LINE
 
 
-def _refuse(p: Path, why: str, fix: str = "give a new folder (or an empty one)") -> ConfigError:
-    return ConfigError(f"{_display(p)}: {why}; {fix}")
+def _png_text(data: bytes) -> dict[str, str]:
+    """The tEXt chunks of a PNG (keyword -> text)."""
+    import struct
+
+    out, i = {}, 8
+    while i + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[i:i + 8])
+        if ctype == b"tEXt":
+            key, _, text = data[i + 8:i + 8 + length].partition(b"\0")
+            out[key.decode("latin-1")] = text.decode("latin-1")
+        if ctype == b"IEND":
+            break
+        i += 12 + length
+    return out
 
 
 def check_output(out: PathLike, *inputs: Any, kind: str = "artifact") -> Path:
@@ -116,41 +158,82 @@ def check_output(out: PathLike, *inputs: Any, kind: str = "artifact") -> Path:
     ``kind`` is what will be written there: ``artifact`` (a folder with manifest.json), ``workdir``
     (a recipe's folder of artifacts), ``report-dir`` (a bench stage folder) or ``file`` (a report).
     ``inputs`` are the stage's inputs (artifacts, paths, configs): the output may neither be one of
-    them, nor contain one, nor lie inside one.
+    them, nor contain one, nor lie inside one, however each is spelled (symlinks, bind mounts).
     """
-    p = Path(out).expanduser()
-    if str(out).strip() == "":
+    shown = str(out)
+    if shown.strip() == "":
         raise ConfigError("the output path is empty; give a new folder for the output")
-    p = p.resolve()
     noun = "file" if kind == "file" else "folder"
-    cwd = Path.cwd().resolve()
-    if _inside(cwd, p):
-        what = "is the current directory" if p == cwd else "contains the current directory"
-        raise _refuse(p, f"{what}, which edgeopt will not replace", f"give a new {noun} for the output, e.g. {_display(p / 'out')}")
+
+    def refuse(why: str, fix: str = f"give a new {noun} for the output") -> ConfigError:
+        return ConfigError(f"{shown}: {why}; {fix}")
+
+    try:
+        p = Path(out).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop
+        raise refuse(f"cannot be resolved ({e})") from e
+    if kind == "file" and (p.name in ("", ".", "..") or Path(out).name in ("", ".", "..")):
+        raise refuse("is not a file name", "give a file name for the report, e.g. reports/bench.md")
+    cwd = _cwd()
+    if cwd is not None and _identity(p) is not None and _identity(p) in _chain(cwd):
+        what = "is the current directory" if _identity(p) == _identity(cwd) else "contains the current directory"
+        raise refuse(f"{what}, which edgeopt will not replace", f"give a new {noun} for the output, e.g. {Path(shown) / 'out'}")
+    out_chain = _chain(p)
     for inp in input_paths(*inputs):
-        if _inside(inp, p):
-            what = "is an input of this command" if inp == p else f"contains an input of this command ({_display(inp)})"
-            raise _refuse(p, what, f"give a new {noun} for the output")
-        if inp.is_dir() and _inside(p, inp):
-            raise _refuse(p, f"lies inside the input {_display(inp)}, which edgeopt never changes",
-                          f"give a {noun} outside it")
-    if not p.exists() and not p.is_symlink():
+        inp_id = _identity(inp)
+        if inp_id is None:
+            continue
+        if _identity(p) is not None and _identity(p) in _chain(inp):
+            what = "is an input of this command" if _identity(p) == inp_id else f"contains an input of this command ({_display(inp)})"
+            raise refuse(what)
+        if inp.is_dir() and inp_id in out_chain:
+            raise refuse(f"lies inside the input {_display(inp)}, which edgeopt never changes", f"give a {noun} outside it")
+    if not p.exists():
+        _check_parent(p, refuse)
         return p
     if kind == "file":
         if p.is_file() and is_report_file(p):
             return p
         what = "is a folder" if p.is_dir() else "exists and was not written by edgeopt"
-        raise _refuse(p, what, "give a new file name for the report")
+        raise refuse(what, "give a new file name for the report")
     if not p.is_dir():
-        raise _refuse(p, "is an existing file", "give a new folder for the output")
+        raise refuse("is an existing file")
+    if _is_mount_point(p):  # a volume: it cannot be swapped out by a rename
+        raise refuse("is a mount point, which edgeopt cannot replace atomically", f"give a new folder inside it, e.g. {Path(shown) / 'out'}")
+    _check_parent(p, refuse)
     if not any(p.iterdir()):
         return p
     ours = {"artifact": is_artifact_dir, "workdir": is_workdir, "report-dir": is_report_dir}[kind]
     if ours(p):
         return p
-    what = {"artifact": "an edgeopt artifact (no manifest.json written by edgeopt)", "workdir": "an edgeopt recipe workdir",
-            "report-dir": "an edgeopt bench report"}[kind]
-    raise _refuse(p, f"is a folder with files in it that is not {what}, so edgeopt will not replace it")
+    what = {"artifact": "an edgeopt artifact (files other than those its manifest.json lists, or no manifest.json "
+                        "written by edgeopt)",
+            "workdir": "an edgeopt recipe workdir", "report-dir": "an edgeopt bench report"}[kind]
+    raise refuse(f"is a folder with files in it that is not {what}, so edgeopt will not replace it",
+                 "give a new folder (or an empty one)")
+
+
+def _is_mount_point(p: Path) -> bool:
+    """os.path.ismount misses bind mounts within one file system (Docker volumes often are)."""
+    if os.path.ismount(p):
+        return True
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    unescape = lambda f: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), f)  # noqa: E731
+    return any(len(f) > 4 and unescape(f[4]) == str(p) for f in (ln.split(" ") for ln in lines))
+
+
+def _check_parent(p: Path, refuse) -> None:
+    """The output's nearest existing ancestor must be a folder edgeopt can write in."""
+    anc = p.parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise refuse(f"{anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise refuse(f"cannot write in {anc} (permission denied or read-only)", "give a folder you can write in")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +317,7 @@ def staged_dir(out: PathLike, *inputs: Any, kind: str = "artifact",
     folder is removed and an existing ``out`` is left untouched.
     """
     out = check_output(out, *inputs, kind=kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(out)
     remove_stale_siblings(out)
     with sigterm_as_exit():
         tmp = _sibling(out, "tmp")
@@ -246,7 +329,24 @@ def staged_dir(out: PathLike, *inputs: Any, kind: str = "artifact",
             _replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            remove_empty(created)
             raise
+
+
+def make_parents(p: Path) -> list[Path]:
+    """Create the missing ancestors of ``p``; return them, deepest first, for :func:`remove_empty`."""
+    missing = [a for a in p.parents if not a.exists()]
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove folders this run created, if still empty, so a failed command leaves none behind."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _replace(src: Path, dst: Path) -> None:
@@ -268,7 +368,7 @@ def _replace(src: Path, dst: Path) -> None:
 def write_file_atomic(out: PathLike, write: Callable[[Path], None], *inputs: Any) -> Path:
     """Write a report file through a temporary sibling, under the same output rule."""
     out = check_output(out, *inputs, kind="file")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = make_parents(out)
     remove_stale_siblings(out)
     with sigterm_as_exit():
         tmp = _sibling(out, "tmp", directory=False)
@@ -279,6 +379,7 @@ def write_file_atomic(out: PathLike, write: Callable[[Path], None], *inputs: Any
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
+            remove_empty(created)
             raise
     return out
 

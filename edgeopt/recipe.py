@@ -39,6 +39,7 @@ from .stages.quantize import QuantizeConfig
 # Config fields that name data or source files: relative paths resolve against the recipe's folder.
 # "{stages.NAME}" in a stage's option stands for that earlier stage's output folder,
 # e.g. adapter: "{stages.trained}/adapter".
+STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 STAGE_REF = re.compile(r"\{stages\.([A-Za-z0-9_.-]+)\}")
 PATH_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "check_data", "data", "source", "adapter")
 
@@ -157,6 +158,9 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
         if not isinstance(name, str) or not name:
             errors.append(f"{where}.name: missing; give each stage a unique name")
             name = f"#{i}"
+        elif not STAGE_NAME.fullmatch(name) or name in (".", ".."):
+            errors.append(f"{where}.name: '{name}' is not a plain folder name (it names the stage's folder in the "
+                          "workdir); use letters, digits, '_', '-' and '.'")
         elif name in seen or name == "model":
             errors.append(f"{where}.name: '{name}' is used twice (or is the reserved 'model')")
         where = f"stages[{i}] ({name})"
@@ -277,11 +281,7 @@ def _write_cache(path: Path, cache: dict) -> None:
 def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
                on_stage: Optional[Callable[[str, str], None]] = None) -> RunResult:
     """Run every stage in order, skipping those whose cache key matches a finished output."""
-    import time
-
-    from .bench.core import BenchReport, bench
-    from .bench.report import write_outputs
-    from .outputs import WORKDIR_MARK, check_output, staged_dir
+    from .outputs import WORKDIR_MARK, check_output, make_parents, remove_empty
 
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     # Every output is checked before any stage runs: the workdir is new, empty or an earlier run's,
@@ -290,10 +290,27 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
     check_output(r.workdir, model_path, r.path, kind="workdir")
     for entry in r.stages:
         check_output(r.workdir / entry.name, model_path, entry.config, kind="report-dir" if entry.kind == "bench" else "artifact")
-    r.workdir.mkdir(parents=True, exist_ok=True)
+    created = make_parents(r.workdir / WORKDIR_MARK)  # the workdir too, if new
     cache_file = r.workdir / WORKDIR_MARK
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     _write_cache(cache_file, cache)  # marks the folder as this recipe's workdir from the start
+    try:
+        return _run_stages(r, cache, cache_file, force, on_stage)
+    except BaseException:
+        if created and cache_file.is_file() and not json.loads(cache_file.read_text()):
+            cache_file.unlink()  # nothing finished in a workdir this run created: leave no trace
+            remove_empty(created)
+        raise
+
+
+def _run_stages(r: Recipe, cache: dict, cache_file: Path, force: bool,
+                on_stage: Optional[Callable[[str, str], None]]) -> RunResult:
+    import time
+
+    from .bench.core import BenchReport, bench
+    from .bench.report import write_outputs
+    from .outputs import staged_dir
+
     produced: dict[str, Artifact] = {}
     if r.model is not None:
         produced["model"] = load_artifact(resolve_model_ref(r.model, r.path.parent))

@@ -192,13 +192,13 @@ def test_corrupted_safetensors(tmp_path, tiny_text_classifier):
 def test_unknown_task(tmp_path, tiny_text_classifier):
     out = tmp_path / "out"
     line = assert_clean_failure(cli("export", tiny_text_classifier, "--task", "bogus", "-o", out), out, codes=(2,))
-    assert "unknown task 'bogus'" in line and "text-classification" in line
+    assert "'bogus'" in line and "--task" in line and "text-classification" in line
 
 
 def test_unknown_target(tmp_path, cls_onnx):
     out = tmp_path / "out"
     line = assert_clean_failure(cli("quantize", cls_onnx.path, "--target", "foo", "-o", out), out, codes=(2,))
-    assert "unknown target 'foo'" in line and "jetson" in line
+    assert "'foo'" in line and "--target" in line and "jetson" in line
 
 
 def test_malformed_yaml(tmp_path):

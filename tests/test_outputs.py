@@ -317,3 +317,116 @@ def test_quantize_pre_process_leaves_nothing_in_the_current_directory(tmp_path, 
     assert list(cwd.iterdir()) == []
     assert [p.name for p in out.iterdir()] == ["p.onnx"]
     assert Path.cwd() == cwd
+
+
+# ---------------------------------------------------------------------------------------------
+# found by trying to break the rule
+# ---------------------------------------------------------------------------------------------
+
+def test_files_that_merely_mention_edgeopt_are_not_reports(tmp_path):
+    from edgeopt.outputs import is_report_file
+
+    (tmp_path / "check.py").write_text('assert d["kind"] == "edgeopt bench report"\n')
+    (tmp_path / "notes.md").write_text("Below is the edgeopt bench report for release 2; keep these notes.\n")
+    (tmp_path / "other.json").write_text(json.dumps({"name": "x", "kind": "edgeopt bench report"}))
+    for name in ("check.py", "notes.md", "other.json"):
+        assert not is_report_file(tmp_path / name), name
+        with pytest.raises(ConfigError):
+            check_output(tmp_path / name, kind="file")
+
+
+def test_an_artifact_folder_holding_user_files_is_not_replaced(tmp_path, cls_onnx):
+    import shutil
+
+    art = tmp_path / "a"
+    shutil.copytree(cls_onnx.path, art)
+    check_output(art)  # as written by edgeopt: replaceable
+    (art / "results").mkdir()
+    (art / "results" / "eval.csv").write_text("x\n")
+    with pytest.raises(ConfigError, match="other than those its manifest.json lists"):
+        check_output(art)
+
+
+def test_refusals_that_used_to_come_late_or_unexpected(tmp_path, monkeypatch):
+    (tmp_path / "userfile.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        check_output(tmp_path / "userfile.txt" / "sub")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ConfigError, match="cannot be resolved"):
+        check_output(tmp_path / "loop")
+    with pytest.raises(ConfigError, match="not a file name"):
+        check_output(".", kind="file")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # a deleted current directory: the rule still works
+    assert check_output(tmp_path / "new") == tmp_path / "new"
+
+
+def test_the_same_folder_under_another_name_is_still_the_input(tmp_path, cls_onnx):
+    alias = tmp_path / "alias"
+    alias.symlink_to(cls_onnx.path)
+    with pytest.raises(ConfigError, match="is an input"):
+        check_output(alias, cls_onnx)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", str(cls_onnx.path.parent), str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts need CAP_SYS_ADMIN")
+    try:
+        with pytest.raises(ConfigError, match="is an input"):
+            check_output(mnt / cls_onnx.path.name, cls_onnx)
+        empty = tmp_path / "vol"
+        empty.mkdir()
+        subprocess.run(["mount", "--bind", str(empty), str(empty)], check=True)
+        try:
+            with pytest.raises(ConfigError, match="mount point"):
+                check_output(empty)
+        finally:
+            subprocess.run(["umount", str(empty)], check=True)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_failed_command_removes_the_folders_it_created(tmp_path, cls_onnx, bad_jsonl):
+    out = tmp_path / "new" / "a" / "b" / "out"
+    proc = cli("quantize", cls_onnx.path, "-o", out, "--ptq", "static", "--calib", bad_jsonl)
+    assert proc.returncode == 2, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recipe_stage_names_are_plain_folder_names(tmp_path, tiny_text_classifier):
+    for name in ("../escaped", "/tmp/abs", ".", ".."):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"name: r\nmodel: {tiny_text_classifier}\nworkdir: w\nstages:\n  - {{name: '{name}', kind: export}}\n")
+        proc = cli("run", recipe, "--validate")  # a recipe's problems are listed together, one per line
+        assert proc.returncode == 2 and "not a plain folder name" in proc.stderr and f"'{name}'" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_commands_leave_nothing_in_tmpdir_and_ctrl_c_says_so(tmp_path, tiny_text_classifier):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = cli("export", tiny_text_classifier, "-o", tmp_path / "onnx", env={"TMPDIR": str(tmpdir)})
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmpdir.iterdir()) == [], [p.name for p in tmpdir.iterdir()]  # torch's inductor cache folder...
+    env = {**os.environ, "EDGEOPT_QUIET": "1", "TMPDIR": str(tmpdir)}
+    p = subprocess.Popen([EDGEOPT_BIN, "export", str(tiny_text_classifier), "-o", str(tmp_path / "o2")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".o2.tmp-*")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err, (p.returncode, err)
+    assert not (tmp_path / "o2").exists() and not list(tmp_path.glob(".o2.*"))
+    assert list(tmpdir.iterdir()) == []
+
+
+def test_bench_table_shows_names_with_brackets(tmp_path, cls_onnx):
+    import shutil
+
+    art = tmp_path / "m[bold]"
+    shutil.copytree(cls_onnx.path, art)
+    proc = cli("bench", art, "--runs", "1", "--warmup", "0", "--batch-sizes", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "m[bold]" in proc.stdout

@@ -40,12 +40,13 @@ def rows_as_text(report: BenchReport) -> list[list[str]]:
 
 def rich_table(report: BenchReport, title: str = "edgeopt bench"):
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=f"{title} — data: {report.data}, threads: {report.threads or 'default'}")
+    t = Table(title=Text(f"{title} — data: {report.data}, threads: {report.threads or 'default'}"))
     for c in _columns(report):
         t.add_column(c, justify="left" if c in ("artifact", "format", "precision") else "right")
     for row in rows_as_text(report):
-        t.add_row(*row)
+        t.add_row(*(Text(cell) for cell in row))  # an artifact named 'm[bold]' is text, not markup
     return t
 
 

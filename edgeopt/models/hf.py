@@ -7,19 +7,20 @@ from typing import Any
 
 from ..artifact import TASKS, Artifact, sha256_file, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing
 from ..errors import ConfigError, InputError
+from .torch_module import read_state_dict
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
-def _read_json(p: Path) -> dict[str, Any]:
+def read_json(p: Path) -> dict[str, Any]:
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{p}: unreadable JSON ({e}); restore the checkpoint's {p.name}") from e
 
 
-def infer_task(folder: Path, config: dict[str, Any]) -> str:
-    archs = config.get("architectures") or []
+def infer_task(config) -> str:
+    archs = config.architectures or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "text-classification"
     if any(a.endswith("ForImageClassification") for a in archs):
@@ -41,27 +42,22 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
 
     ``task`` overrides the task read from config.json (e.g. feature-extraction from a classifier).
     """
-    config = _read_json(folder / "config.json")
-    if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
+    from .architectures import image_size, load_config, max_text_length, text_input_names
+
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise InputError(f"{folder}: config.json but no model.safetensors or pytorch_model.bin; this is not a complete checkpoint")
     if task is not None and task not in TASKS:
         raise ConfigError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
-    task = task or infer_task(folder, config)
+    config = load_config(folder)
+    task = task or infer_task(config)
     labels = None
     model: dict[str, Any] = {"pooling": None}
     if task in ("text-classification", "image-classification"):
-        id2label = config.get("id2label") or {}
-        # transformers leaves id2label out of config.json for its 2-label default
-        labels = ([id2label[k] for k in sorted(id2label, key=int)] if id2label
-                  else [f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))])
+        labels = [config.id2label[i] for i in sorted(config.id2label)]
     if task == "image-classification":
-        pre = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
-        size = pre.get("size", config.get("image_size", 224))
-        if isinstance(size, dict):
-            size = [size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge"))]
-        elif isinstance(size, int):
-            size = [size, size]
-        channels = int(config.get("num_channels", 3))
+        pre = read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+        size = image_size(config, pre)
+        channels = int(getattr(config, "num_channels", 3))
         io = IOSpec(
             inputs=[TensorSpec(name="pixel_values", dtype="float32", shape=["batch", channels, size[0], size[1]])],
             outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", len(labels or [])])],
@@ -77,26 +73,21 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
         tok_cfg = folder / "tokenizer_config.json"
         if not (tok_cfg.is_file() or (folder / "tokenizer.json").is_file()):
             raise InputError(f"{folder}: a text model without a tokenizer (tokenizer.json / tokenizer_config.json); save the tokenizer next to the weights")
-        names = ["input_ids", "attention_mask"]
-        if config.get("type_vocab_size", 0) and config.get("model_type") in ("bert", "xlm-roberta", "roberta", "electra", "mpnet"):
-            if config.get("model_type") == "bert" or int(config.get("type_vocab_size", 0)) > 1:
-                names.append("token_type_ids")
         if task == "feature-extraction":
             pool_cfg = folder / "1_Pooling" / "config.json"
             if pool_cfg.is_file():
-                pc = _read_json(pool_cfg)
+                pc = read_json(pool_cfg)
                 model["pooling"] = "mean" if pc.get("pooling_mode_mean_tokens") else "cls" if pc.get("pooling_mode_cls_token") else "mean"
-                modules = _read_json(folder / "modules.json") if (folder / "modules.json").is_file() else []
+                modules = read_json(folder / "modules.json") if (folder / "modules.json").is_file() else []
                 model["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
             else:
                 model["pooling"] = "mean"
                 model["normalize"] = False
-            width = int(config.get("hidden_size", 0))
+            width = int(config.hidden_size)
         else:
             width = len(labels or [])
-        io = text_io(names, task, width)
-        max_len = int(config.get("max_position_embeddings", 512))
-        io.preprocessing = TextPreprocessing(tokenizer=".", max_length=min(max_len, 512))
+        io = text_io(text_input_names(config), task, width)
+        io.preprocessing = TextPreprocessing(tokenizer=".", max_length=max_text_length(config))
     lineage = [LineageEntry(stage="source", config={"path": str(folder)})]
     # Hash the checkpoint's own files so that a changed weight file changes this manifest's
     # digest (recipe caches and lineage depend on it).
@@ -152,57 +143,75 @@ def _wrap(module, task: str, model_info: dict[str, Any], input_names: list[str])
     return ImageClassifier(module)
 
 
+AUTO_CLASSES = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "feature-extraction": "AutoModel",
+    "image-classification": "AutoModelForImageClassification",
+}
+
+
 def load_hf_module(artifact: Artifact, for_export: bool = False):
     """Load the checkpoint with its task head and wrap it so forward takes the IO inputs in order.
 
+    Weights load as float32 whatever dtype they were saved in (transformers v5 would keep the
+    checkpoint's bfloat16 / float16): exports, numeric checks and baselines all start from float32.
     ``for_export`` picks the eager attention implementation: its graph is the one
     ONNX Runtime's transformer optimizer fuses into Attention kernels.
     """
     import torch
     import transformers
 
+    from .architectures import check_task_head, load_config
+
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     folder = artifact.path
     m = artifact.manifest
-    auto = {
-        "text-classification": transformers.AutoModelForSequenceClassification,
-        "feature-extraction": transformers.AutoModel,
-        "image-classification": transformers.AutoModelForImageClassification,
-    }.get(m.task)
-    if auto is None:
+    if m.task not in AUTO_CLASSES:
         raise InputError(f"{folder}: task '{m.task}' is not supported for Hugging Face models; use text-classification, feature-extraction or image-classification")
-    kwargs: dict[str, Any] = {}
+    config = load_config(folder)
+    check_task_head(config, m.task, folder)
+    auto = getattr(transformers, AUTO_CLASSES[m.task])
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
     if for_export:
         kwargs["attn_implementation"] = "eager"
     try:
         if m.model.get("resized"):
             # Structurally pruned: build from config, then resize layers to the saved weights.
-            from safetensors.torch import load_file
-
             from .resize import load_resized
 
-            config = transformers.AutoConfig.from_pretrained(folder, **kwargs)
             model = auto.from_config(config, **kwargs)
-            load_resized(model, load_file(folder / "model.safetensors"))
+            load_resized(model, read_state_dict(folder / "model.safetensors"))
         elif (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file():
-            model = auto.from_pretrained(folder, use_safetensors=True, **kwargs)
+            model = auto.from_pretrained(folder, config=config, use_safetensors=True, **kwargs)
         else:
             # Only a pickled .bin: build from config and load with weights_only=True (no code execution).
-            config = transformers.AutoConfig.from_pretrained(folder, **kwargs)
             model = auto.from_config(config, **kwargs)
-            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing, unexpected = model.load_state_dict(read_state_dict(folder / "pytorch_model.bin"), strict=False)
             if missing:
                 raise InputError(f"{folder}/pytorch_model.bin lacks weights for {missing[:3]}...; the checkpoint does not match config.json")
     except InputError:
         raise
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{folder}: cannot load the checkpoint ({msg}); the weights file may be truncated or corrupted") from e
+        raise InputError(_load_failure(folder, config, e)) from e
     model.eval()
     names = [t.name for t in m.io.inputs]
     return _wrap(model, m.task, m.model, names).eval()
+
+
+def _load_failure(folder: Path, config, e: Exception) -> str:
+    """Say what went wrong: a weights file that does not parse is truncated or corrupted; anything
+    else (shapes that do not fit config.json, a transformers limitation) is reported as itself."""
+    import transformers
+    from safetensors import SafetensorError
+
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, SafetensorError):
+            return f"{folder}: cannot load the checkpoint: its safetensors weights do not parse ({msg}); the file is truncated or corrupted"
+        cause = cause.__cause__ or cause.__context__
+    return f"{folder}: cannot load the {config.model_type} checkpoint with transformers {transformers.__version__} ({type(e).__name__}: {msg[:300]})"
 
 
 def load_tokenizer(artifact: Artifact):

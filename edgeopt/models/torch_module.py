@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import math
 import shutil
+import struct
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -36,24 +39,22 @@ def resolve_factory(ref: str, source: Optional[Path] = None) -> Callable[..., An
 
 def load_factory_module(artifact: Artifact):
     import torch
-    from safetensors.torch import load_file
 
     info = artifact.manifest.model
     source = artifact.path / info["source"] if info.get("source") else None
     module = resolve_factory(info["factory"], source)(**info.get("kwargs", {}))
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"factory {info['factory']} returned {type(module).__name__}, not a torch.nn.Module")
-    try:
-        state = load_file(artifact.path / info.get("weights", WEIGHTS))
-    except Exception as e:
-        raise InputError(f"{artifact.path / info.get('weights', WEIGHTS)}: cannot read the weights ({e}); the file may be truncated") from e
+    state = read_state_dict(artifact.path / info.get("weights", WEIGHTS))
     try:
         from .resize import load_resized
 
         load_resized(module, state)  # pruned channels: the saved shapes win
     except (RuntimeError, ValueError) as e:
         raise InputError(f"{artifact.path}: weights do not fit the factory's module ({str(e).splitlines()[0]})") from e
-    return module.eval()
+    # float32 whatever the factory built or the weights were saved in (bfloat16 has no ONNX
+    # Runtime CPU kernels); exports, checks and baselines all start from float32.
+    return module.float().eval()
 
 
 def read_state_dict(path: Path) -> dict:
@@ -68,12 +69,38 @@ def read_state_dict(path: Path) -> dict:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path}: cannot read the weights ({str(e).splitlines()[0] if str(e) else type(e).__name__}); the file may be truncated or corrupted") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in first:
+            raise InputError(f"{path}: holds Python objects besides tensors, which edgeopt does not unpickle "
+                             f"(weights_only=True); re-save the state dict with safetensors") from e
+        raise InputError(f"{path}: cannot read the weights ({first}); the file is truncated or corrupted") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise InputError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state
+
+
+SAFETENSORS_FLOATS = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def safetensors_dtype(path: Path) -> Optional[str]:
+    """The floating-point dtype holding most of a safetensors file's values, read from its header
+    alone; None when the file has no float tensors or its header does not parse."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:  # not a header: a corrupt length
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return None
+    counts: dict[str, int] = {}
+    for name, t in header.items():
+        if name != "__metadata__" and t.get("dtype") in SAFETENSORS_FLOATS:
+            key = SAFETENSORS_FLOATS[t["dtype"]]
+            counts[key] = counts.get(key, 0) + math.prod(t.get("shape") or [1])
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def save_torch_artifact(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -29,8 +30,52 @@ def open_session(path: Path, threads: Optional[int] = None, providers: Optional[
         return ort.InferenceSession(str(path), session_options(threads, session_config),
                                     providers=providers or ["CPUExecutionProvider"])
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: ONNX Runtime cannot load the model ({first[:300]}); the file may be truncated or corrupted") from e
+        raise load_error(path, e) from e
+
+
+def load_error(path: Path, e: Exception) -> InputError:
+    """Name what made ONNX Runtime refuse a model: only a file that does not parse is called
+    truncated or corrupted; a missing kernel, a type an op rejects or a too-new format says so."""
+    import onnxruntime as ort
+
+    text = str(e).strip()
+    detail = text.split("failed:", 1)[-1].strip().splitlines()[0] if text else type(e).__name__
+    version = f"ONNX Runtime {ort.__version__}"
+    if type(e).__name__ == "InvalidProtobuf" or "No graph was found" in text:
+        return InputError(f"{path}: ONNX Runtime cannot load the model ({detail}); the file is truncated or corrupted")
+    if m := re.search(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'", text):
+        op, since, node = m.groups()
+        types = _node_input_types(path, node)
+        typed = f" with input types {', '.join(types)}" if types else ""
+        fix = "export in float32 (--dtype float32)" if set(types) & {"bfloat16", "float16"} else "try another --opset"
+        return InputError(f"{path}: {version} cannot load the model: it has no kernel for op {op} (version {since}){typed} "
+                          f"(node '{node}'); {fix}")
+    if m := re.search(r"Type '([^']+)' of input parameter \((.*?)\) of operator \((\w+)\) in node \((.*?)\)", text):
+        dtype, name, op, node = m.groups()
+        return InputError(f"{path}: {version} cannot load the model: op {op} does not accept type {dtype} "
+                          f"(input '{name}', node '{node}')")
+    if m := re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text):
+        return InputError(f"{path}: {version} cannot load the model: its IR version {m[1]} is newer than it reads (at most {m[2]}); "
+                          f"upgrade onnxruntime, or re-export with an onnx package that writes IR {m[2]}")
+    return InputError(f"{path}: {version} cannot load the model ({type(e).__name__}: {detail[:300]})")
+
+
+def _node_input_types(path: Path, node_name: str) -> list[str]:
+    """Element types of a node's inputs, from the graph and ONNX shape inference; [] if unknown."""
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    except Exception:  # an explanation is best-effort: the caller still names the op and node
+        return []
+    g = model.graph
+    types = {t.name: t.data_type for t in g.initializer}
+    types.update({v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]})
+    node = next((n for n in g.node if n.name == node_name), None)
+    if node is None:
+        return []
+    names = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.UNDEFINED: "?"}
+    return [names.get(types.get(i, 0)) or onnx.TensorProto.DataType.Name(types[i]).lower() for i in node.input if i]
 
 
 class OrtRuntime:

@@ -152,6 +152,7 @@ def _make_student(parent: Artifact, t_wrap, cfg: DistillConfig):
 
 
 def _given_hf_student(parent: Artifact, t_wrap, cfg: DistillConfig):
+    import torch
     import transformers
 
     from ..models.hf import _wrap
@@ -168,9 +169,10 @@ def _given_hf_student(parent: Artifact, t_wrap, cfg: DistillConfig):
     scfg.num_labels = tcfg.num_labels
     scfg.id2label, scfg.label2id = tcfg.id2label, tcfg.label2id
     if p.is_dir() and any((p / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(p, config=scfg, ignore_mismatched_sizes=True)
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(p, config=scfg, ignore_mismatched_sizes=True,
+                                                                                dtype=torch.float32)
     else:
-        model = transformers.AutoModelForSequenceClassification.from_config(scfg)
+        model = transformers.AutoModelForSequenceClassification.from_config(scfg, dtype=torch.float32)
     n_t, n_s = tcfg.num_hidden_layers, scfg.num_hidden_layers
     if n_s > n_t:
         raise ConfigError(f"--student has {n_s} layers, more than the teacher's {n_t}")

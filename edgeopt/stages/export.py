@@ -4,18 +4,18 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..artifact import Artifact, IOSpec, TensorSpec, TextPreprocessing, finalize, load_artifact, write_artifact
 from ..errors import ConfigError, StageError, ValidationError
+from ..outputs import check_output
 
 log = logging.getLogger("edgeopt.export")
 
-# HF model_type -> onnxruntime.transformers optimizer model_type
-FUSABLE = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert", "mpnet": "bert", "vit": "vit"}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom for the graph
+PRECISION = {"float32": "fp32", "float16": "fp16"}
 
 
 class ExportConfig(BaseModel):
@@ -30,6 +30,10 @@ class ExportConfig(BaseModel):
     check_data: Optional[str] = None  # dataset for the numeric check; built-in samples if unset
     check_samples: int = Field(16, ge=1)
     task: Optional[str] = None  # override the task of a Hugging Face folder (e.g. feature-extraction)
+    # Weights and arithmetic of the graph; its inputs and outputs stay float32. The model always
+    # loads in float32 first (a bfloat16 checkpoint included). No bfloat16 graph: ONNX Runtime's
+    # CPU provider has no bfloat16 kernels for most ops (Add, Mul, MatMul, Gemm, Softmax, Erf).
+    dtype: Literal["float32", "float16"] = "float32"
 
 
 def export(model: Artifact | str | Path, out: str | Path, config: Optional[ExportConfig] = None) -> Artifact:
@@ -38,6 +42,7 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 
     cfg = config or ExportConfig()
     parent = model if isinstance(model, Artifact) else load_artifact(model)
+    check_output(out, parent, cfg)
     if cfg.task is not None and cfg.task != parent.manifest.task:
         if parent.manifest.format != "hf":
             raise ConfigError(f"--task applies to Hugging Face checkpoints; {parent.path} is {parent.manifest.format}")
@@ -53,18 +58,22 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, *, stage: str = "export",
                   stage_config: Optional[dict] = None, model_info: Optional[dict] = None,
                   metrics: Optional[dict] = None, basic_only: bool = False,
-                  fidelity: Optional[tuple[float, float]] = None) -> Artifact:
+                  fidelity: Optional[tuple[float, float]] = None,
+                  after: Optional[Callable[[Artifact], None]] = None) -> Artifact:
     """Export ``module`` (the parent's network, possibly changed, e.g. with fake-quant for QAT)
     and check ONNX Runtime against it.
 
     ``fidelity=(min_top1_agreement, min_cosine)`` replaces the element-wise tolerance: ONNX Runtime's
     int8 kernels round and saturate differently from fake quantization, so an int8 graph is held
     to agreement with its PyTorch twin rather than to float-level equality.
+    ``after`` runs on the finished artifact before it is moved into place (e.g. QAT's accuracy
+    check): it may update and re-finalize the manifest, or raise to discard the artifact.
     """
     import torch
 
     from ..data import load_dataset
     from ..metrics import numeric_agreement, predict, sample_dataset
+    from ..models import source_dtype
     from ..models.preprocess import Preprocessor
     from ..runtime.onnxruntime import OrtRuntime
     from ..runtime.torch import TorchRuntime
@@ -80,9 +89,9 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
     example = pre(data.samples[:2] if cfg.batch_axis else data.samples[:1])
     args = tuple(torch.from_numpy(example[n]) for n in in_names)
 
-    with write_artifact(out) as tmp:
+    with write_artifact(out, parent, cfg) as tmp:
         raw = tmp / "raw.onnx"
-        _torch_export(module, args, raw, io, cfg)
+        _torch_export(_in_dtype(module, cfg.dtype), args, raw, io, cfg)
         onnx_file = tmp / "model.onnx"
         if basic_only:  # QDQ graphs: constant folding turns Q(weight) into int8 initializers; no fusions
             optimization = _basic(raw, onnx_file)
@@ -104,17 +113,19 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
         if failures and optimization.get("level") == "transformer-fusion":
             # A fusion that changes numerics is a fusion we do not keep: fall back to the plain graph.
             log.warning("fused graph failed the numeric check (%s); keeping the unfused graph", "; ".join(failures))
-            optimization = {**_copy_model(raw, onnx_file), "fusion_rejected": failures}
+            optimization = {**_basic(raw, onnx_file), "fusion_rejected": failures}
             got = predict(OrtRuntime(onnx_file, output_names=out_names), pre, data.samples, batch_size=batch)
             record, failures = numeric_agreement(out_names, ref, got, cfg.atol, cfg.rtol)
         for f in tmp.glob("raw.onnx*"):
             f.unlink()
         if failures:
-            raise ValidationError(f"ONNX output disagrees with PyTorch on {len(data)} samples from {data.source}", failures)
+            hint = "; float16 keeps about 3 significant digits: loosen --atol / --rtol if that is close enough" if cfg.dtype == "float16" else ""
+            raise ValidationError(f"ONNX output disagrees with PyTorch on {len(data)} samples from {data.source}{hint}", failures)
 
         manifest = pm.child(stage=stage, config=stage_config if stage_config is not None else cfg.model_dump(),
                             format="onnx", io=io,
-                            model={"file": "model.onnx", "precision": "fp32", "opset": cfg.opset, "exporter": cfg.exporter,
+                            model={"file": "model.onnx", "precision": PRECISION[cfg.dtype], "dtype": cfg.dtype,
+                                   "source_dtype": source_dtype(parent), "opset": cfg.opset, "exporter": cfg.exporter,
                                    "optimization": optimization, "external_data": (tmp / "model.onnx.data").exists(),
                                    **(model_info or {})})
         manifest.metrics = {**(metrics or {}),
@@ -126,7 +137,9 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
             "params": int(sum(p.numel() for p in module.parameters())),
         }
         manifest = finalize(tmp, manifest)
-    return Artifact(Path(out).expanduser().resolve(), manifest)
+        if after is not None:
+            after(Artifact(tmp, manifest))
+    return load_artifact(Path(out).expanduser().resolve(), verify=False)
 
 
 def _fidelity_failures(task: str, names, ref, got, limits: tuple[float, float], record: dict) -> list[str]:
@@ -186,6 +199,27 @@ def _torch_export(module, args, path: Path, io: IOSpec, cfg: ExportConfig) -> No
         raise StageError(f"torch.onnx.export failed ({msg[:300]}); try --exporter {alt} or another --opset") from e
 
 
+def _in_dtype(module, dtype: str):
+    """``module`` computing in ``dtype`` behind float32 inputs and outputs, so the graph keeps the
+    IO spec that preprocessing, bench and serve feed. A copy: ``module`` stays the float32 reference."""
+    if dtype == "float32":
+        return module
+    import copy
+
+    import torch
+
+    class CastIO(torch.nn.Module):
+        def __init__(self, inner, dt):
+            super().__init__()
+            self.inner, self.dt = copy.deepcopy(inner).to(dt), dt
+
+        def forward(self, *inputs):
+            out = self.inner(*[x.to(self.dt) if x.is_floating_point() else x for x in inputs])
+            return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+    return CastIO(module, getattr(torch, dtype)).eval()
+
+
 def _param_bytes(module) -> int:
     return int(sum(p.numel() * p.element_size() for p in module.parameters()))
 
@@ -218,29 +252,56 @@ def _copy_model(src: Path, dst: Path) -> dict:
 
 def _optimize(src: Path, dst: Path, parent: Artifact, cfg: ExportConfig) -> dict:
     """Transformer fusions (Attention, SkipLayerNorm, BiasGelu...) where the architecture has them,
-    else ONNX Runtime's basic, hardware-independent graph rewrites."""
-    import json
+    else ONNX Runtime's basic, hardware-independent graph rewrites. A fusion is an optimization,
+    never a reason to fail the export: if it raises, the basic graph is kept and the reason recorded."""
+    fusion = _fusion_params(parent)
+    if fusion is None:
+        return _basic(src, dst)
+    model_type, heads, hidden = fusion
+    from onnxruntime.transformers.optimizer import optimize_model
 
-    hf_type = None
-    if parent.manifest.format == "hf":
-        hf_cfg = json.loads((parent.path / "config.json").read_text())
-        hf_type = hf_cfg.get("model_type")
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    try:
+        opt = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0)
+    except Exception as e:
+        reason = _describe(e)
+        log.warning("ONNX Runtime's %s fusion failed (%s); keeping the unfused graph", model_type, reason)
+        return {**_basic(src, dst), "fusion_error": reason}
+    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    save_onnx(opt.model, dst)
+    return {"level": "transformer-fusion", "model_type": model_type, "fused_ops": fused}
+
+
+def _fusion_params(parent: Artifact) -> Optional[tuple[str, int, int]]:
+    """(optimizer model_type, heads, hidden size) for ONNX Runtime's fusions, or None where none apply."""
+    if parent.manifest.format != "hf":
+        return None
+    from ..models.architectures import load_config, ort_fusion_type
+
+    config = load_config(parent.path)
+    model_type = ort_fusion_type(config)
+    if model_type is None:
+        return None
+    heads, hidden = config.num_attention_heads, config.hidden_size
     pruned_heads = parent.manifest.model.get("attention_heads")
-    if hf_type in FUSABLE and pruned_heads and int(pruned_heads) != int(hf_cfg.get("num_attention_heads", 0)):
+    if pruned_heads and int(pruned_heads) != heads:
         # ONNX Runtime's Attention fusion assumes Q/K/V as wide as the hidden size; head-pruned
         # layers are narrower, so they run unfused (still correct; FFN fusions below need it too).
-        hf_type = None
-    if hf_type in FUSABLE:
-        from onnxruntime.transformers.optimizer import optimize_model
+        return None
+    if not (isinstance(heads, int) and isinstance(hidden, int)):
+        return model_type, 0, 0  # per-stage sizes (Swin's list of head counts): the optimizer reads them off the graph
+    return model_type, heads, hidden
 
-        heads = int(hf_cfg.get("num_attention_heads", 0))
-        hidden = int(hf_cfg.get("hidden_size", hf_cfg.get("dim", 0)))
-        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-        opt = optimize_model(str(src), model_type=FUSABLE[hf_type], num_heads=heads, hidden_size=hidden, opt_level=0)
-        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-        save_onnx(opt.model, dst)
-        return {"level": "transformer-fusion", "model_type": FUSABLE[hf_type], "fused_ops": fused}
-    return _basic(src, dst)
+
+def _describe(e: Exception) -> str:
+    """One line for an exception, with where it was raised when it carries no message (a bare assert)."""
+    import traceback
+
+    text = str(e).strip()
+    if text:
+        return f"{type(e).__name__}: {text.splitlines()[0][:300]}"
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{type(e).__name__} at {Path(frame.filename).name}:{frame.lineno}"
 
 
 def _basic(src: Path, dst: Path) -> dict:
@@ -249,8 +310,14 @@ def _basic(src: Path, dst: Path) -> dict:
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.log_severity_level = 3  # errors only: "cannot constant fold" notes on float16 nodes are not the user's concern
     so.optimized_model_filepath = str(dst.with_suffix(".basic.onnx"))
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    try:
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        from ..runtime.onnxruntime import load_error
+
+        raise load_error(src, e) from e
     model = onnx.load(so.optimized_model_filepath)
     Path(so.optimized_model_filepath).unlink()
     save_onnx(model, dst)

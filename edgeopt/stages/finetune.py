@@ -88,7 +88,8 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
     tok = load_tokenizer(base)
     model = AutoModelForSequenceClassification.from_pretrained(
         base.path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        use_safetensors=True, ignore_mismatched_sizes=True)  # a new label set gets a freshly initialised head
+        use_safetensors=True, ignore_mismatched_sizes=True,  # a new label set gets a freshly initialised head
+        dtype=torch.float32)  # train in float32 whatever dtype the checkpoint was saved in
     trained = model
     if cfg.lora:
         from peft import LoraConfig, TaskType, get_peft_model

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..artifact import Artifact
 from ..errors import ConfigError, ValidationError
+from ..outputs import check_output
 
 
 class QATConfig(BaseModel):
@@ -50,6 +51,7 @@ def qat(model, out, config: QATConfig) -> Artifact:
     cfg = config
     stage = "qat" if cfg.train else "ptq-torch"
     parent = torch_parent(model, "quantize --qat" if cfg.train else "quantize --ptq static (torch)")
+    check_output(out, parent, cfg)
     target = get_target(cfg.target)
     pm = parent.manifest
     seed_everything(cfg.seed)
@@ -95,22 +97,20 @@ def qat(model, out, config: QATConfig) -> Artifact:
     fmt = {"mode": stage, "target": target.name, "weight_type": "int8", "activation_type": "int8",
            "weight_symmetric": True, "activation_symmetric": True, "zero_point": 0, "per_channel": True,
            "layers": len(swapped)}
-    art = export_module(parent, wrapper, out,
-                        ExportConfig(opset=cfg.opset,
-                                     check_data=cfg.eval_data or cfg.data, check_samples=128),
-                        stage=stage, stage_config=cfg.model_dump(), metrics=metrics,
-                        model_info={"precision": "int8", "quantization": fmt}, basic_only=True,
-                        fidelity=(cfg.min_onnx_top1_agreement, cfg.min_onnx_cosine))
+    check = (lambda a: _record_onnx_accuracy(a, evald, fp32, pre, cfg)) if evald is not None else None
     try:
-        if evald is not None:
-            art = _record_onnx_accuracy(art, evald, fp32, pre, cfg)
+        return export_module(parent, wrapper, out,
+                             ExportConfig(opset=cfg.opset, check_data=cfg.eval_data or cfg.data, check_samples=128),
+                             stage=stage, stage_config=cfg.model_dump(), metrics=metrics,
+                             model_info={"precision": "int8", "quantization": fmt}, basic_only=True,
+                             fidelity=(cfg.min_onnx_top1_agreement, cfg.min_onnx_cosine), after=check)
     finally:
         D.barrier()  # other ranks load the artifact only once it is final
-    return art
 
 
-def _record_onnx_accuracy(art: Artifact, evald, fp32, pre, cfg: QATConfig) -> Artifact:
-    """Accuracy of the exported QDQ graph in ONNX Runtime, and its agreement with fp32."""
+def _record_onnx_accuracy(art: Artifact, evald, fp32, pre, cfg: QATConfig) -> None:
+    """Accuracy of the exported QDQ graph in ONNX Runtime, and its agreement with fp32, recorded in
+    the artifact's manifest before it is moved into place (a failure discards it)."""
     from ..artifact import finalize
     from ..metrics import predict, quality
     from ..runtime import load_runtime
@@ -131,9 +131,5 @@ def _record_onnx_accuracy(art: Artifact, evald, fp32, pre, cfg: QATConfig) -> Ar
     elif cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop:
         problem = f"int8 ONNX accuracy is {drop:.2f} points below fp32 on {ds.source} (limit {cfg.max_accuracy_drop})"
     if problem:
-        import shutil
-
-        shutil.rmtree(art.path, ignore_errors=True)
         raise ValidationError(f"{problem}; train longer (--epochs) or calibrate with more samples")
     finalize(art.path, m)
-    return art

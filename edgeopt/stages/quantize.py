@@ -2,13 +2,12 @@
 followed by an accuracy / fidelity check against the parent model."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
-import threading
+import subprocess
+import sys
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -121,39 +120,35 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
 
 
 def _pre_process(src: Path, dst: Path, external: bool) -> None:
-    """ONNX Runtime's recommended pre-pass: shape inference and graph cleanup before quantizing."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """ONNX Runtime's recommended pre-pass: shape inference and graph cleanup before quantizing.
 
+    It runs in a child process whose working directory is a private folder: when ONNX Runtime's
+    symbolic shape inference gives up, it saves ``sym_shape_infer_temp.onnx`` and its external
+    data into the current directory, which is the user's (and changing this process's directory
+    would break callers on other threads)."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    kw = dict(save_as_external_data=external, all_tensors_to_one_file=True, external_data_location=dst.name + ".data")
     work = dst.parent / ".pre-process"
     work.mkdir()
     try:
-        with _working_dir(work):
-            try:
-                quant_pre_process(str(src), str(dst), **kw)
-            except Exception as e:  # symbolic shape inference does not know every contrib op
-                log.info("quant_pre_process with symbolic shapes failed (%s); retrying without", e)
-                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, **kw)
+        code = "import sys; from edgeopt.stages.quantize import pre_process_here as f; f(sys.argv[1], sys.argv[2], sys.argv[3] == '1')"
+        proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst), "1" if external else "0"], cwd=work,
+                              capture_output=True, text=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode != 0:
+        tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise StageError(f"ONNX Runtime's quantization pre-processing failed ({tail[-1][:300] if tail else proc.returncode})")
 
 
-_CWD_LOCK = threading.Lock()
+def pre_process_here(src: str, dst: str, external: bool) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-
-@contextlib.contextmanager
-def _working_dir(path: Path) -> Iterator[None]:
-    """Run in ``path``: when ONNX Runtime's symbolic shape inference gives up, it saves
-    ``sym_shape_infer_temp.onnx`` and its external data into the current directory, which is
-    the user's. (The working directory is per process, hence the lock.)"""
-    with _CWD_LOCK:
-        old = os.getcwd()
-        os.chdir(path)
-        try:
-            yield
-        finally:
-            os.chdir(old)
+    kw = dict(save_as_external_data=external, all_tensors_to_one_file=True, external_data_location=Path(dst).name + ".data")
+    try:
+        quant_pre_process(src, dst, **kw)
+    except Exception as e:  # symbolic shape inference does not know every contrib op
+        log.info("quant_pre_process with symbolic shapes failed (%s); retrying without", e)
+        quant_pre_process(src, dst, skip_symbolic_shape=True, **kw)
 
 
 class _Reader:
