@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 MANIFEST = "manifest.json"
 WORKDIR_MARK = ".edgeopt-cache.json"  # a recipe workdir holds its stage cache
-REPORT_MARK = "edgeopt bench report"  # first line of every Markdown report, key of every JSON report
+REPORT_MARK = "edgeopt bench report"  # first key of every JSON report, last-line comment of every Markdown one
 
 # Stage-config fields that name input files (data, calibration sets, adapters, source models).
 INPUT_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "check_data", "data", "source",
