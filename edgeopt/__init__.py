@@ -11,18 +11,13 @@ from ._version import __version__
 from .errors import (ConfigError, EdgeoptError, InputError, MissingDependencyError, StageError, TargetError,
                      ValidationError)
 
+# Stage functions and their configs (edgeopt.export, edgeopt.ExportConfig, ...) come from the
+# stage registry, the one list of stages; the rest of the public API is listed here.
 _LAZY = {
     "Artifact": "edgeopt.artifact",
     "Manifest": "edgeopt.artifact",
     "load_artifact": "edgeopt.artifact",
-    "export": "edgeopt.stages.export",
-    "ExportConfig": "edgeopt.stages.export",
-    "quantize": "edgeopt.stages.quantize",
-    "QuantizeConfig": "edgeopt.stages.quantize",
-    "finetune": "edgeopt.stages.finetune",
-    "FinetuneConfig": "edgeopt.stages.finetune",
-    "bench": "edgeopt.bench.core",
-    "BenchConfig": "edgeopt.bench.core",
+    "BenchReport": "edgeopt.bench.core",
     "load_recipe": "edgeopt.recipe",
     "run_recipe": "edgeopt.recipe",
     "get_target": "edgeopt.targets",
@@ -31,11 +26,28 @@ _LAZY = {
     "save_torch_artifact": "edgeopt.models.torch_module",
 }
 
+
+def _stage_api() -> dict[str, tuple[str, str]]:
+    from .stages.registry import STAGES
+
+    api = {}
+    for spec in STAGES.values():
+        api[spec.kind] = (spec.module, spec.function_name)
+        api[spec.config_name] = (spec.module, spec.config_name)
+    return api
+
+
+_STAGE_NAMES = ("finetune", "merge", "prune", "distill", "qat", "export", "quantize", "bench", "FinetuneConfig",
+                "MergeConfig", "PruneConfig", "DistillConfig", "QATConfig", "ExportConfig", "QuantizeConfig", "BenchConfig")
 __all__ = ["__version__", "EdgeoptError", "ConfigError", "InputError", "StageError", "TargetError", "ValidationError",
-           "MissingDependencyError", *_LAZY]
+           "MissingDependencyError", *_LAZY, *_STAGE_NAMES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    stage_api = _stage_api()
+    if name in stage_api:
+        module, attr = stage_api[name]
+        return getattr(import_module(module), attr)
     raise AttributeError(f"module 'edgeopt' has no attribute {name!r}")

@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ._version import __version__
 from .errors import InputError
+from .formats import AnyModel
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -69,10 +70,27 @@ class Manifest(BaseModel):
     task: str
     labels: Optional[list[str]] = None
     io: IOSpec
-    model: dict[str, Any] = Field(default_factory=dict)  # format-specific: files, precision, factory...
+    model: AnyModel  # format-specific section, typed per format (edgeopt.formats): files, precision, ...
     lineage: list[LineageEntry] = Field(default_factory=list)  # oldest first; last entry made this one
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_format(cls, data: Any) -> Any:
+        """``model`` carries its format (the discriminator); manifests written before it did, and
+        callers that give the format once at the top, get it filled in from ``format``."""
+        if isinstance(data, dict) and "format" in data:
+            model = data.get("model")
+            if model is None:
+                model = {}
+            if isinstance(model, dict):
+                if model.get("format", data["format"]) != data["format"]:
+                    raise ValueError(f"model.format '{model['format']}' differs from format '{data['format']}'")
+                data = {**data, "model": {**model, "format": data["format"]}}
+            elif getattr(model, "format", None) != data["format"]:
+                raise ValueError(f"model.format '{getattr(model, 'format', None)}' differs from format '{data['format']}'")
+        return data
 
     def digest(self) -> str:
         return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()

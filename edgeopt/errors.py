@@ -42,9 +42,13 @@ class ValidationError(StageError):
 
 
 class MissingDependencyError(EdgeoptError):
+    """A package of an optional layer (pip extra) is not installed; the message names the extra."""
+
     exit_code = 2
 
     def __init__(self, package: str, extra: str | None = None, purpose: str = ""):
+        self.package, self.extra = package, extra
         hint = f"pip install 'edgeopt[{extra}]'" if extra else f"pip install {package}"
         what = f" (needed for {purpose})" if purpose else ""
-        super().__init__(f"{package} is not installed{what}; install it with: {hint}")
+        verb = "are" if "," in package else "is"
+        super().__init__(f"{package} {verb} not installed{what}; install with: {hint}")

@@ -26,15 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from .artifact import Artifact, canonical_json, load_artifact
-from .bench.core import BenchConfig
 from .errors import ConfigError, InputError, TargetError
-from .stages.distill import DistillConfig
-from .stages.export import ExportConfig
-from .stages.finetune import FinetuneConfig
-from .stages.merge import MergeConfig
-from .stages.prune import PruneConfig
-from .stages.qat import QATConfig
-from .stages.quantize import QuantizeConfig
+from .stages.registry import STAGES
 
 # Config fields that name data or source files: relative paths resolve against the recipe's folder.
 # "{stages.NAME}" in a stage's option stands for that earlier stage's output folder,
@@ -42,36 +35,6 @@ from .stages.quantize import QuantizeConfig
 STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 STAGE_REF = re.compile(r"\{stages\.([A-Za-z0-9_.-]+)\}")
 PATH_FIELDS = ("train_data", "val_data", "test_data", "calib", "eval_data", "check_data", "data", "source", "adapter")
-
-
-def _lazy(module: str, func: str) -> Callable:
-    """A stage runner imported on first use, so validating a recipe loads no torch."""
-
-    def run(parent, out, cfg):
-        import importlib
-
-        return getattr(importlib.import_module(module), func)(parent, out, cfg)
-
-    return run
-
-
-@dataclass
-class StageKind:
-    config: type[BaseModel]
-    run: Optional[Callable[[Optional[Artifact], Path, Any], Artifact]]  # None: special (bench)
-    needs_input: bool = True
-
-
-STAGES: dict[str, StageKind] = {
-    "finetune": StageKind(FinetuneConfig, _lazy("edgeopt.stages.finetune", "finetune"), needs_input=False),
-    "merge": StageKind(MergeConfig, _lazy("edgeopt.stages.merge", "merge")),
-    "prune": StageKind(PruneConfig, _lazy("edgeopt.stages.prune", "prune")),
-    "distill": StageKind(DistillConfig, _lazy("edgeopt.stages.distill", "distill")),
-    "qat": StageKind(QATConfig, _lazy("edgeopt.stages.qat", "qat")),
-    "export": StageKind(ExportConfig, _lazy("edgeopt.stages.export", "export")),
-    "quantize": StageKind(QuantizeConfig, _lazy("edgeopt.stages.quantize", "quantize")),
-    "bench": StageKind(BenchConfig, None),
-}
 
 
 class StageEntry(BaseModel):
@@ -164,11 +127,11 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
         elif name in seen or name == "model":
             errors.append(f"{where}.name: '{name}' is used twice (or is the reserved 'model')")
         where = f"stages[{i}] ({name})"
-        if kind not in STAGES:
+        if not isinstance(kind, str) or kind not in STAGES:
             errors.append(f"{where}.kind: '{kind}' is not a stage; choose one of {', '.join(STAGES)}")
             seen.append(name)
             continue
-        sk = STAGES[kind]
+        sk = STAGES[kind]  # the one list of stages: edgeopt.stages.registry
         body = {k: v for k, v in raw.items() if k not in ("name", "kind", "input", "artifacts")}
         body = _resolve_paths(body, base)
         cfg = None
@@ -287,6 +250,12 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
     # Every output is checked before any stage runs: the workdir is new, empty or an earlier run's,
     # and each stage's folder in it is new or edgeopt's own.
     model_path = resolve_model_ref(r.model, r.path.parent) if r.model is not None else None
+    for entry in r.stages:  # a missing extra stops here, before minutes of earlier stages
+        STAGES[entry.kind].check_installed()
+        if entry.kind == "bench":
+            from ._optional import require
+
+            require("report", purpose="the bench stage's plot (report.png)")
     check_output(r.workdir, model_path, r.path, kind="workdir")
     for entry in r.stages:
         check_output(r.workdir / entry.name, model_path, entry.config, kind="report-dir" if entry.kind == "bench" else "artifact")

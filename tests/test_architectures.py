@@ -157,12 +157,12 @@ def test_export_quantize_bench(tmp_path, checkpoints, name):
     check = onnx_art.manifest.metrics["numeric_check"]["outputs"]
     assert all(rec["within_tolerance"] for rec in check.values())
     # The fusion table holds: listed architectures fuse without error and keep their numerics.
-    opt = onnx_art.manifest.model["optimization"]
+    opt = onnx_art.manifest.model.optimization
     if ort_fusion_type(load_config(checkpoints[name])):
         assert opt["level"] == "transformer-fusion" and opt["fused_ops"], opt
     else:
         assert opt == {"level": "basic"}
     int8 = quantize(onnx_art, tmp_path / "int8", QuantizeConfig(ptq="dynamic", eval_samples=8))
-    assert int8.manifest.model["precision"] == "int8"
+    assert int8.manifest.model.precision == "int8"
     report = bench([int8], BenchConfig(batch_sizes=[1], runs=2, warmup=1, eval_samples=4))
     assert [r.batch_size for r in report.rows] == [1] and report.rows[0].p50_ms > 0

@@ -73,8 +73,8 @@ def test_child_resets_files_and_metrics_and_extends_lineage():
     assert [e.stage for e in child.lineage] == ["source", "export", "quantize"]
     assert child.lineage[-1].parent_hash == parent.digest()
     assert child.lineage[-1].config == {"ptq": "dynamic"}
-    assert child.model["precision"] == "int8"
-    assert parent.model["precision"] == "fp32"  # the parent is not modified
+    assert child.model.precision == "int8"
+    assert parent.model.precision == "fp32"  # the parent is not modified
 
 
 # --- write_artifact / finalize / load_artifact ------------------------------------------------------
@@ -199,7 +199,7 @@ def test_adopted_hf_folder(tiny_text_classifier, tiny_feature_extractor, tiny_vi
     emb = load_artifact(tiny_feature_extractor).manifest
     assert emb.task == "feature-extraction" and emb.labels is None
     assert emb.io.outputs[0].name == "embeddings" and emb.io.outputs[0].shape == ["batch", 32]
-    assert emb.model["pooling"] == "mean"
+    assert emb.model.pooling == "mean"
     vit = load_artifact(tiny_vit).manifest
     assert vit.task == "image-classification"
     assert vit.io.inputs[0].shape == ["batch", 3, 16, 16]

@@ -96,7 +96,7 @@ def test_cli_exports_bfloat16_checkpoint_as_float16(tmp_path, bf16_bert):
     assert proc.returncode == 0, proc.stderr
     art = load_artifact(tmp_path / "fp16")
     m = art.manifest
-    assert (m.model["source_dtype"], m.model["dtype"], m.model["precision"]) == ("bfloat16", "float16", "fp16")
+    assert (m.model.source_dtype, m.model.dtype, m.model.precision) == ("bfloat16", "float16", "fp16")
     assert m.lineage[-1].config["dtype"] == "float16"
     # float16 weights inside, float32 at the edges: preprocessing, bench and serve feed it unchanged
     assert "FLOAT16" in _initializer_types(art)
@@ -109,7 +109,7 @@ def test_float16_export_cannot_be_quantized_again(tmp_path, tiny_text_classifier
     from edgeopt.stages.quantize import QuantizeConfig, quantize
 
     art = export(tiny_text_classifier, tmp_path / "fp16", ExportConfig(dtype="float16", check_samples=4))
-    assert art.manifest.model["precision"] == "fp16"
+    assert art.manifest.model.precision == "fp16"
     with pytest.raises(ConfigError, match="already fp16"):
         quantize(art, tmp_path / "int8", QuantizeConfig(ptq="dynamic"))
 
@@ -136,7 +136,7 @@ def test_bfloat16_torch_artifact_exports(tmp_path):
     src = save_torch_artifact(module, tmp_path / "torch", factory="bf16_model:build", source_file=source,
                               task="image-classification", io=digits_io(), labels=[str(i) for i in range(10)])
     art = export(src, tmp_path / "onnx", ExportConfig(check_samples=4))
-    assert (art.manifest.model["source_dtype"], art.manifest.model["dtype"]) == ("bfloat16", "float32")
+    assert (art.manifest.model.source_dtype, art.manifest.model.dtype) == ("bfloat16", "float32")
     assert _initializer_types(art) == {"FLOAT"}
 
 
@@ -159,7 +159,7 @@ def distilbert(tmp_path_factory) -> Path:
 
 def test_distilbert_fuses_with_its_sizes_read_through_autoconfig(tmp_path, distilbert):
     art = export(distilbert, tmp_path / "onnx", ExportConfig(check_samples=4))
-    opt = art.manifest.model["optimization"]
+    opt = art.manifest.model.optimization
     assert opt["level"] == "transformer-fusion" and opt["fused_ops"]["Attention"] == 2
     assert [t.name for t in art.manifest.io.inputs] == ["input_ids", "attention_mask"]
 
@@ -241,7 +241,7 @@ def test_fusion_error_falls_back_to_basic_graph(tmp_path, tiny_text_classifier, 
     monkeypatch.setattr(ort_optimizer, "optimize_model", broken)
     with caplog.at_level(logging.WARNING, logger="edgeopt"):
         art = export(tiny_text_classifier, tmp_path / "onnx", ExportConfig(check_samples=4))
-    opt = art.manifest.model["optimization"]
+    opt = art.manifest.model.optimization
     assert opt["level"] == "basic"
     assert opt["fusion_error"].startswith("AssertionError at test_checkpoints.py:")
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -259,7 +259,7 @@ def test_cli_fusion_error_is_one_warning_line(tmp_path, tiny_text_classifier):
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "bert fusion failed (AssertionError at" in lines[0], proc.stderr
-    assert load_artifact(tmp_path / "onnx").manifest.model["optimization"]["level"] == "basic"
+    assert load_artifact(tmp_path / "onnx").manifest.model.optimization["level"] == "basic"
 
 
 # --- messages say what went wrong -----------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_cli_export(cli_onnx, text_jsonl):
 
 def test_cli_quantize(cli_int8, cli_onnx):
     art = load_artifact(cli_int8)
-    assert art.manifest.model["precision"] == "int8"
+    assert art.manifest.model.precision == "int8"
     assert art.manifest.lineage[-1].parent_hash == load_artifact(cli_onnx).manifest.digest()
     assert art.manifest.metrics["eval"]["samples"] == 40
 

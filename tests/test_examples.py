@@ -19,7 +19,7 @@ def test_digits_recipe_end_to_end(tmp_path):
     onnx = load_artifact(tmp_path / "runs" / "onnx")
     int8 = load_artifact(tmp_path / "runs" / "int8")
     assert trained.manifest.format == "torch" and onnx.manifest.format == "onnx"
-    assert int8.manifest.model["precision"] == "int8" and int8.manifest.model["quantization"]["mode"] == "static"
+    assert int8.manifest.model.precision == "int8" and int8.manifest.model.quantization["mode"] == "static"
 
     ev = int8.manifest.metrics["eval"]
     assert ev["data"] == "sklearn:digits:test" and ev["samples"] == 270

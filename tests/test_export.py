@@ -21,7 +21,7 @@ SENTENCES = [t for t, _ in TEXT_ROWS]
 
 
 def _session(art) -> ort.InferenceSession:
-    return ort.InferenceSession(str(art.path / art.manifest.model["file"]), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(art.path / art.manifest.model.file), providers=["CPUExecutionProvider"])
 
 
 def _torch_out(parent_path, feeds: dict, names: list[str], task: str | None = None) -> np.ndarray:
@@ -47,7 +47,7 @@ def _text_feeds(tok_dir: Path, texts: list[str], seq_len: int, names: list[str])
 def _check_manifest(art):
     m = art.manifest
     assert m.format == "onnx"
-    assert m.model["file"] == "model.onnx" and m.model["precision"] == "fp32"
+    assert m.model.file == "model.onnx" and m.model.precision == "fp32"
     assert [e.stage for e in m.lineage][-1] == "export"
     assert m.lineage[-1].config["atol"] == ATOL
     check = m.metrics["numeric_check"]
@@ -77,8 +77,8 @@ def test_export_text_classifier_manifest(cls_onnx):
     assert m.io.outputs[0].name == "logits"
     assert m.io.preprocessing.tokenizer == "tokenizer"
     assert (cls_onnx.path / "tokenizer" / "tokenizer_config.json").is_file()
-    assert m.model["optimization"]["level"] == "transformer-fusion"
-    assert m.model["optimization"]["fused_ops"].get("Attention") == 2  # two layers
+    assert m.model.optimization["level"] == "transformer-fusion"
+    assert m.model.optimization["fused_ops"].get("Attention") == 2  # two layers
     assert not list(cls_onnx.path.glob("raw.onnx*"))
 
 
@@ -154,7 +154,7 @@ def test_image_onnx_matches_torch(request, fixture, parent_fixture, chw):
 def test_export_torch_factory_manifest(digits_onnx, digits_torch):
     m = digits_onnx.manifest
     assert m.labels == [str(i) for i in range(10)]
-    assert m.model["optimization"]["level"] == "basic"
+    assert m.model.optimization["level"] == "basic"
     assert m.metrics["numeric_check"]["data"] == "sklearn:digits:validation"
     assert m.metrics["numeric_check"]["samples"] == 16
     assert m.metrics["params"] == sum(p.numel() for p in load_torch_model(load_artifact(digits_torch)).parameters())
@@ -170,8 +170,8 @@ def test_vit_manifest_output_width_matches_model(vit_onnx):
 
 
 def test_export_vit_fusions(vit_onnx):
-    assert vit_onnx.manifest.model["optimization"]["level"] == "transformer-fusion"
-    assert vit_onnx.manifest.model["optimization"]["model_type"] == "vit"
+    assert vit_onnx.manifest.model.optimization["level"] == "transformer-fusion"
+    assert vit_onnx.manifest.model.optimization["model_type"] == "vit"
 
 
 # --- options --------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_no_batch_axis_fixes_batch_to_one(tmp_path, tiny_text_classifier):
 
 def test_no_optimize(tmp_path, digits_torch):
     art = export(digits_torch, tmp_path / "plain", ExportConfig(optimize=False, check_samples=4))
-    assert art.manifest.model["optimization"] == {"level": "none"}
+    assert art.manifest.model.optimization == {"level": "none"}
     x = np.random.default_rng(1).normal(size=(2, 1, 8, 8)).astype(np.float32)
     (got,) = _session(art).run(None, {"pixel_values": x})
     np.testing.assert_allclose(got, _torch_out(digits_torch, {"pixel_values": x}, ["pixel_values"]), atol=ATOL, rtol=RTOL)
@@ -246,14 +246,16 @@ def test_export_config_bounds():
 
 
 def test_external_data(tmp_path, monkeypatch, tiny_text_classifier):
+    import edgeopt.formats.onnx as onnx_format
     import edgeopt.stages.export as export_mod
 
     monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_format, "EXTERNAL_DATA_BYTES", 1000)
     art = export(tiny_text_classifier, tmp_path / "ext", ExportConfig(check_samples=4))
     data_file = art.path / "model.onnx.data"
     assert data_file.is_file()
     assert data_file.stat().st_size > (art.path / "model.onnx").stat().st_size  # weights live outside the graph
-    assert art.manifest.model["external_data"] is True
+    assert art.manifest.model.external_data is True
     assert "model.onnx.data" in art.manifest.files
     assert art.manifest.metrics["size_bytes"] == data_file.stat().st_size + (art.path / "model.onnx").stat().st_size
     model = onnx.load(str(art.path / "model.onnx"), load_external_data=False)
@@ -269,13 +271,15 @@ def test_external_data(tmp_path, monkeypatch, tiny_text_classifier):
 
 
 def test_external_data_artifact_can_be_quantized(tmp_path, monkeypatch, tiny_text_classifier):
+    import edgeopt.formats.onnx as onnx_format
     import edgeopt.stages.export as export_mod
     from edgeopt.stages.quantize import QuantizeConfig, quantize
 
     monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_format, "EXTERNAL_DATA_BYTES", 1000)
     art = export(tiny_text_classifier, tmp_path / "ext", ExportConfig(check_samples=4))
     q = quantize(art, tmp_path / "int8", QuantizeConfig(ptq="dynamic"))
-    assert q.manifest.model["precision"] == "int8"
+    assert q.manifest.model.precision == "int8"
     assert (q.path / "model.onnx.data").is_file()
     assert not list(q.path.glob("preprocessed*"))
     assert q.manifest.metrics["eval"]["top1_agreement"] >= 0.9
@@ -286,7 +290,7 @@ def test_external_data_artifact_can_be_quantized(tmp_path, monkeypatch, tiny_tex
 
 def test_dynamo_exporter_image_model(tmp_path, digits_torch):
     art = export(digits_torch, tmp_path / "dyn", ExportConfig(exporter="dynamo", opset=18, check_samples=4))
-    assert art.manifest.model["exporter"] == "dynamo"
+    assert art.manifest.model.exporter == "dynamo"
     assert art.manifest.metrics["numeric_check"]["outputs"]["logits"]["within_tolerance"]
     sess = _session(art)
     for batch in (1, 3):
@@ -298,7 +302,7 @@ def test_dynamo_exporter_image_model(tmp_path, digits_torch):
 
 def test_dynamo_exporter_text_model(tmp_path, tiny_text_classifier):
     art = export(tiny_text_classifier, tmp_path / "dyn", ExportConfig(exporter="dynamo", opset=18, check_samples=4))
-    assert art.manifest.model["exporter"] == "dynamo"
+    assert art.manifest.model.exporter == "dynamo"
     names = [t.name for t in art.manifest.io.inputs]
     sess = _session(art)
     for batch, seq_len in ((1, 8), (3, 24)):

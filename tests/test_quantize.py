@@ -71,8 +71,8 @@ def static_digits(tmp_path_factory, digits_onnx):
 def test_dynamic_text_classifier(cls_int8_dynamic, cls_onnx, text_jsonl):
     q = cls_int8_dynamic
     m = q.manifest
-    assert m.format == "onnx" and m.model["precision"] == "int8"
-    rec = m.model["quantization"]
+    assert m.format == "onnx" and m.model.precision == "int8"
+    rec = m.model.quantization
     assert rec["mode"] == "dynamic" and rec["target"] in ("x86", "rpi")
     assert rec["activation_type"] == "uint8 (dynamic)"
     assert [e.stage for e in m.lineage] == ["source", "export", "quantize"]
@@ -139,7 +139,7 @@ def test_max_accuracy_drop_within_limit_passes(tmp_path, cls_onnx, text_jsonl):
 
 def test_static_text_classifier_metrics(static_cls, cls_onnx, text_jsonl):
     q = static_cls("x86")
-    rec = q.manifest.model["quantization"]
+    rec = q.manifest.model.quantization
     assert rec["mode"] == "static" and rec["method"] == "minmax"
     assert rec["calib"] == str(text_jsonl) and rec["calib_samples"] == 16
     ev = q.manifest.metrics["eval"]
@@ -155,7 +155,7 @@ def test_static_digits_metrics(static_digits, digits_onnx):
     assert ev["data"] == "sklearn:digits:test" and ev["samples"] == 64
     assert ev["accuracy_drop_points"] == pytest.approx((ev["parent_accuracy"] - ev["accuracy"]) * 100)
     assert ev["cosine_mean"] > 0.9
-    assert q.manifest.model["quantization"]["calib"] == "sklearn:digits:train"
+    assert q.manifest.model.quantization["calib"] == "sklearn:digits:train"
     assert q.manifest.metrics["size_bytes"] > 0
 
 
@@ -164,7 +164,7 @@ def test_static_digits_metrics(static_digits, digits_onnx):
 def test_tensorrt_targets_use_symmetric_int8(request, model, target):
     """Activations and weights: int8 with zero point 0 (TensorRT accepts symmetric int8 only)."""
     q = request.getfixturevalue(f"static_{model}")(target)
-    rec = q.manifest.model["quantization"]
+    rec = q.manifest.model.quantization
     assert rec["activation_type"] == "int8" and rec["activation_symmetric"] is True and rec["weight_type"] == "int8"
     zps = _qdq_zero_points(q)
     for op, name, zp in zps:
@@ -185,7 +185,7 @@ def test_tensorrt_targets_every_zero_point_is_int8_zero(request, model, target):
 @pytest.mark.parametrize("model", ["cls", "digits"])
 def test_x86_static_uses_uint8_activations(request, model):
     q = request.getfixturevalue(f"static_{model}")("x86")
-    assert q.manifest.model["quantization"]["activation_type"] == "uint8"
+    assert q.manifest.model.quantization["activation_type"] == "uint8"
     zps = _qdq_zero_points(q)
     act = [zp for op, _, zp in zps if op == "QuantizeLinear"]
     assert act and all(zp.dtype == np.uint8 for zp in act)
@@ -198,10 +198,10 @@ def test_x86_static_uses_uint8_activations(request, model):
 @pytest.mark.parametrize("model", ["cls", "digits"])
 def test_rpi_static_uses_int8_activations(request, model):
     q = request.getfixturevalue(f"static_{model}")("rpi")
-    assert q.manifest.model["quantization"]["activation_type"] == "int8"
+    assert q.manifest.model.quantization["activation_type"] == "int8"
     act = [zp for op, _, zp in _qdq_zero_points(q) if op == "QuantizeLinear"]
     assert act and all(zp.dtype == np.int8 for zp in act)
-    assert q.manifest.model["quantization"]["activation_symmetric"] is False
+    assert q.manifest.model.quantization["activation_symmetric"] is False
 
 
 def test_static_quantized_model_runs_and_agrees(static_digits, digits_onnx):

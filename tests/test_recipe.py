@@ -187,7 +187,7 @@ def test_run_recipe_then_everything_cached(tmp_path, tiny_text_classifier, text_
     work = tmp_path / "work"
     assert sorted(p.name for p in work.iterdir()) == [".edgeopt-cache.json", "int8", "onnx", "report"]
     onnx_art, int8_art = load_artifact(work / "onnx"), load_artifact(work / "int8")
-    assert onnx_art.manifest.format == "onnx" and int8_art.manifest.model["precision"] == "int8"
+    assert onnx_art.manifest.format == "onnx" and int8_art.manifest.model.precision == "int8"
     assert int8_art.manifest.lineage[-1].parent_hash == onnx_art.manifest.digest()
     rep = first.stages[2].report
     assert [r.precision for r in rep.rows] == ["fp32", "int8"]
@@ -225,7 +225,7 @@ def test_changed_stage_config_invalidates_it_and_later_stages(tmp_path, tiny_tex
                            quantize={"ptq": "dynamic", "per_channel": False, "eval_data": str(text_jsonl)})
     again = run_recipe(recipe)
     assert [(s.name, s.cached) for s in again.stages] == [("onnx", True), ("int8", False)]
-    assert load_artifact(tmp_path / "work" / "int8").manifest.model["quantization"]["per_channel"] is False
+    assert load_artifact(tmp_path / "work" / "int8").manifest.model.quantization["per_channel"] is False
     # changing the export invalidates everything after it
     doc = yaml.safe_load(recipe.read_text())
     doc["stages"][0]["opset"] = 18
@@ -248,7 +248,7 @@ def test_failed_stage_keeps_earlier_outputs_and_resumes(tmp_path, tiny_text_clas
     res = run_recipe(fixed)
     assert [(s.name, s.cached) for s in res.stages] == [("onnx", True), ("int8", False), ("report", False)]
     assert load_artifact(work / "onnx").manifest == onnx_manifest
-    assert load_artifact(work / "int8").manifest.model["quantization"]["mode"] == "static"
+    assert load_artifact(work / "int8").manifest.model.quantization["mode"] == "static"
 
 
 def test_deleted_or_corrupted_output_is_rebuilt(tmp_path, tiny_text_classifier, text_jsonl):

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from ..artifact import Artifact, load_artifact
 from ..errors import ConfigError, InputError, StageError
+from ..stages.registry import StageConfig, stage
 
 
-class BenchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BenchConfig(StageConfig):
     kind: Literal["bench"] = "bench"
     data: Optional[str] = None  # labelled data: accuracy; any data: real inputs; none: built-in samples
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8])
@@ -103,6 +103,7 @@ def machine_info() -> dict:
     return info
 
 
+@stage("bench")
 def bench(artifacts: list[Union[Artifact, str, Path]], config: Optional[BenchConfig] = None) -> BenchReport:
     from ..progress import progress
 
@@ -110,6 +111,10 @@ def bench(artifacts: list[Union[Artifact, str, Path]], config: Optional[BenchCon
     arts = [a if isinstance(a, Artifact) else load_artifact(a) for a in artifacts]
     if not arts:
         raise ConfigError("give at least one artifact to benchmark")
+    from ..formats import handler_for
+
+    for art in arts:  # hf/torch artifacts need PyTorch: say so before any subprocess
+        handler_for(art).check_runtime_installed(art)
     kinds = {a.manifest.io.preprocessing.kind if a.manifest.io.preprocessing else None for a in arts}
     if len(kinds) > 1:
         raise ConfigError("these artifacts take different inputs (text and image); benchmark them separately")
@@ -152,24 +157,13 @@ def _report(results, cfg: BenchConfig) -> BenchReport:
         for lat in res["latency"]:
             rows.append(BenchRow(
                 artifact=art.name, path=str(art.path), format=m.format,
-                precision=m.model.get("precision", "fp32"), batch_size=lat["batch_size"], seq_len=lat["seq_len"],
+                precision=m.model.precision, batch_size=lat["batch_size"], seq_len=lat["seq_len"],
                 p50_ms=lat["p50_ms"], p90_ms=lat["p90_ms"], p99_ms=lat["p99_ms"], throughput=lat["throughput"],
                 size_mb=res["size_bytes"] / 1e6, peak_rss_mb=res["peak_rss_mb"], load_s=res["load_s"],
                 accuracy=q.get("accuracy"), top1_agreement=fid.get("top1_agreement"), cosine_mean=fid.get("cosine_mean"),
                 speedup=base_p50.get(lat["batch_size"], 0) / lat["p50_ms"] if lat["p50_ms"] else None,
             ))
     return BenchReport(config=cfg, data=ref["data"], threads=cfg.threads, machine=machine_info(), rows=rows)
-
-
-def model_file_bytes(art: Artifact) -> int:
-    m = art.manifest
-    if m.format == "onnx":
-        pats = ["model.onnx*"]
-    elif m.format == "torch":
-        pats = [m.model.get("weights", "weights.safetensors")]
-    else:
-        pats = ["*.safetensors", "pytorch_model*.bin"]
-    return sum(f.stat().st_size for p in pats for f in art.path.glob(p) if f.is_file())
 
 
 def check_data_kind(art: Artifact, data) -> None:

@@ -16,7 +16,8 @@ def main(job: dict) -> None:
     from ..metrics import predict, quality, sample_dataset
     from ..models.preprocess import Preprocessor
     from ..runtime import load_runtime
-    from .core import BenchConfig, model_file_bytes
+    from ..formats import handler_for
+    from .core import BenchConfig
 
     cfg = BenchConfig.model_validate(job["config"])
     out = Path(job["out"])
@@ -58,7 +59,7 @@ def main(job: dict) -> None:
     result = {
         "latency": latency,
         "quality": quality(art.manifest.task, outputs, labels),
-        "size_bytes": model_file_bytes(art),
+        "size_bytes": handler_for(art).size_bytes(art),
         "peak_rss_mb": peak_rss_mb(),
         "load_s": load_s,
         "data": eval_data.source,

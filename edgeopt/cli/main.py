@@ -77,10 +77,10 @@ def artifact_summary(art) -> dict:
     """What --json prints for a command that wrote an artifact."""
     m = art.manifest
     last = m.lineage[-1] if m.lineage else None
-    return {"artifact": str(art.path), "format": m.format, "task": m.task, "precision": m.model.get("precision", "fp32"),
+    return {"artifact": str(art.path), "format": m.format, "task": m.task, "precision": m.model.precision,
             "labels": m.labels, "stage": last.stage if last else None,
             "parent_hash": last.parent_hash if last else None, "manifest_hash": m.digest(),
-            "io": m.io.model_dump(mode="json"), "model": m.model, "metrics": m.metrics, "files": len(m.files)}
+            "io": m.io.model_dump(mode="json"), "model": m.model.model_dump(mode="json"), "metrics": m.metrics, "files": len(m.files)}
 
 
 # Shared option declarations (declared once, used by several commands).
@@ -155,7 +155,7 @@ def export(
     m = art.manifest
     checks = m.metrics["numeric_check"]["outputs"]
     console.print(f"[green]exported[/green] {_p(art.path)} ({m.metrics['size_bytes'] / 1e6:.1f} MB, "
-                  f"optimization: {m.model['optimization']['level']})")
+                  f"optimization: {m.model.optimization['level']})")
     for name, rec in checks.items():
         console.print(f"  {name}: max abs err {rec['max_abs_err']:.2e}, max rel err {rec['max_rel_err']:.2e} "
                       f"over {m.metrics['numeric_check']['samples']} samples")
@@ -210,7 +210,7 @@ def quantize(
     if as_json:
         return _emit(artifact_summary(art))
     m = art.manifest
-    q = m.model["quantization"]
+    q = m.model.quantization
     ev = m.metrics["eval"]
     console.print(f"[green]quantized[/green] {_p(art.path)}: {q['mode']} int8 for {q['target']} "
                   f"(weights {q['weight_type']}{', per-channel' if q['per_channel'] else ''}, activations {q['activation_type']}), "
@@ -459,7 +459,7 @@ def inspect(
         print(json.dumps(m.model_dump(mode="json"), indent=2))
         return
     console.print(f"[bold]{_p(art.path)}[/bold]")
-    console.print(f"format {m.format} ({m.model.get('precision', 'fp32')}), task {m.task}, edgeopt {m.edgeopt_version}")
+    console.print(f"format {m.format} ({m.model.precision}), task {m.task}, edgeopt {m.edgeopt_version}")
     if m.labels:
         console.print(f"labels ({len(m.labels)}): {', '.join(m.labels[:12])}{' ...' if len(m.labels) > 12 else ''}")
     for t in m.io.inputs:

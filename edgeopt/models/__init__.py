@@ -33,7 +33,7 @@ def source_dtype(artifact: "Artifact") -> Optional[str]:
 
     fmt = artifact.manifest.format
     if fmt == "torch":
-        return safetensors_dtype(artifact.path / artifact.manifest.model.get("weights", "weights.safetensors"))
+        return safetensors_dtype(artifact.path / artifact.manifest.model.weights)
     if fmt != "hf":
         return None
     from .hf import read_json

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..artifact import TASKS, Artifact, sha256_file, ImagePreprocessing, IOSpec, LineageEntry, Manifest, TensorSpec, TextPreprocessing
 from ..errors import ConfigError, InputError
@@ -96,7 +96,7 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
     return Artifact(folder, manifest)
 
 
-def _wrap(module, task: str, model_info: dict[str, Any], input_names: list[str]):
+def _wrap(module, task: str, input_names: list[str], pooling: Optional[str] = None, normalize: bool = False):
     import torch
 
     class TextClassifier(torch.nn.Module):
@@ -139,7 +139,7 @@ def _wrap(module, task: str, model_info: dict[str, Any], input_names: list[str])
     if task == "text-classification":
         return TextClassifier(module)
     if task == "feature-extraction":
-        return Embedder(module, model_info.get("pooling") or "mean", bool(model_info.get("normalize")))
+        return Embedder(module, pooling or "mean", normalize)
     return ImageClassifier(module)
 
 
@@ -176,7 +176,7 @@ def load_hf_module(artifact: Artifact, for_export: bool = False):
     if for_export:
         kwargs["attn_implementation"] = "eager"
     try:
-        if m.model.get("resized"):
+        if m.model.resized:
             # Structurally pruned: build from config, then resize layers to the saved weights.
             from .resize import load_resized
 
@@ -196,7 +196,7 @@ def load_hf_module(artifact: Artifact, for_export: bool = False):
         raise InputError(_load_failure(folder, config, e)) from e
     model.eval()
     names = [t.name for t in m.io.inputs]
-    return _wrap(model, m.task, m.model, names).eval()
+    return _wrap(model, m.task, names, m.model.pooling, m.model.normalize).eval()
 
 
 def _load_failure(folder: Path, config, e: Exception) -> str:

@@ -41,11 +41,11 @@ def load_factory_module(artifact: Artifact):
     import torch
 
     info = artifact.manifest.model
-    source = artifact.path / info["source"] if info.get("source") else None
-    module = resolve_factory(info["factory"], source)(**info.get("kwargs", {}))
+    source = artifact.path / info.source if info.source else None
+    module = resolve_factory(info.factory, source)(**info.kwargs)
     if not isinstance(module, torch.nn.Module):
-        raise InputError(f"factory {info['factory']} returned {type(module).__name__}, not a torch.nn.Module")
-    state = read_state_dict(artifact.path / info.get("weights", WEIGHTS))
+        raise InputError(f"factory {info.factory} returned {type(module).__name__}, not a torch.nn.Module")
+    state = read_state_dict(artifact.path / info.weights)
     try:
         from .resize import load_resized
 

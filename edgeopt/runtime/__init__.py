@@ -1,6 +1,7 @@
-"""One inference interface over ONNX Runtime sessions and PyTorch modules.
+"""One inference interface over ONNX Runtime sessions and PyTorch modules (TensorRT next).
 
-Used by export checks, quantization fidelity, bench and serve.
+Used by export checks, quantization fidelity, bench and serve. Each format's handler
+(``edgeopt.formats``) says which runtime runs it.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Optional, Protocol
 import numpy as np
 
 from ..artifact import Artifact
-from ..errors import InputError
 
 
 class Runtime(Protocol):
@@ -35,13 +35,6 @@ def load_runtime(artifact: Artifact, threads: Optional[int] = None, providers: O
 
             available = set(ort.get_available_providers())
             providers = [p for p in spec.providers if p in available] or ["CPUExecutionProvider"]
-    if fmt == "onnx":
-        from .onnxruntime import OrtRuntime
+    from ..formats import get_handler
 
-        return OrtRuntime(artifact.path / artifact.manifest.model["file"], threads=threads, providers=providers,
-                          output_names=[t.name for t in artifact.manifest.io.outputs], session_config=session_config)
-    if fmt in ("hf", "torch"):
-        from .torch import TorchRuntime
-
-        return TorchRuntime(artifact, threads=threads)
-    raise InputError(f"{artifact.path}: no runtime for format '{fmt}' on this machine")
+    return get_handler(fmt).load_runtime(artifact, threads=threads, providers=providers, session_config=session_config)

@@ -112,7 +112,7 @@ def save_module(parent: Artifact, wrapper, out, *, stage: str, config: dict, met
                     io = pm.io
                 else:
                     io = pm.io
-                manifest = pm.child(stage=stage, config=config, io=io, model={**pm.model, **(model_updates or {})})
+                manifest = pm.child(stage=stage, config=config, io=io, model={**pm.model.model_dump(), **(model_updates or {})})
                 manifest.metrics = metrics
                 manifest = finalize(tmp, manifest)
             art = Artifact(out, manifest)
@@ -120,9 +120,9 @@ def save_module(parent: Artifact, wrapper, out, *, stage: str, config: dict, met
             from ..models.torch_module import save_torch_artifact
 
             info = pm.model
-            src = parent.path / info["source"] if info.get("source") else None
-            art = save_torch_artifact(wrapper, out, factory=info["factory"], task=pm.task, io=pm.io, labels=pm.labels,
-                                      source_file=src, kwargs=info.get("kwargs", {}), parent=pm, stage=stage,
+            src = parent.path / info.source if info.source else None
+            art = save_torch_artifact(wrapper, out, factory=info.factory, task=pm.task, io=pm.io, labels=pm.labels,
+                                      source_file=src, kwargs=info.kwargs, parent=pm, stage=stage,
                                       config=config, metrics=metrics, extra_model=model_updates)
     finally:
         D.barrier()

@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ..artifact import Artifact
 from ..errors import ConfigError, InputError
 from ..outputs import check_output
+from .registry import StageConfig, stage
 
 
-class DistillConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DistillConfig(StageConfig):
     kind: Literal["distill"] = "distill"
     data: str  # labelled training data
     val_data: Optional[str] = None
@@ -46,6 +46,7 @@ def keep_layers(n_teacher: int, n_student: int) -> list[int]:
     return [int(round((i + 1) * step)) - 1 for i in range(n_student)]
 
 
+@stage("distill")
 def distill(teacher, out, config: DistillConfig) -> Artifact:
     import torch
     import torch.nn.functional as F
@@ -146,9 +147,9 @@ def _make_student(parent: Artifact, t_wrap, cfg: DistillConfig):
     if not isinstance(kwargs, dict):
         raise ConfigError("for a torch model give --student as JSON factory kwargs, e.g. '{\"width\": 16}'")
     info = pm.model
-    src = parent.path / info["source"] if info.get("source") else None
-    module = resolve_factory(info["factory"], src)(**{**info.get("kwargs", {}), **kwargs})
-    return module.train(), [], {"kwargs": {**info.get("kwargs", {}), **kwargs}}
+    src = parent.path / info.source if info.source else None
+    module = resolve_factory(info.factory, src)(**{**info.kwargs, **kwargs})
+    return module.train(), [], {"kwargs": {**info.kwargs, **kwargs}}
 
 
 def _given_hf_student(parent: Artifact, t_wrap, cfg: DistillConfig):
@@ -180,4 +181,4 @@ def _given_hf_student(parent: Artifact, t_wrap, cfg: DistillConfig):
         raise ConfigError("--hidden-loss needs the student's hidden size to equal the teacher's "
                           f"({scfg.hidden_size} vs {tcfg.hidden_size})")
     names = [t.name for t in parent.manifest.io.inputs]
-    return _wrap(model, "text-classification", {}, names).train(), keep_layers(n_t, n_s), {"resized": False}
+    return _wrap(model, "text-classification", names).train(), keep_layers(n_t, n_s), {"resized": False}

@@ -6,20 +6,20 @@ import warnings
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..artifact import Artifact, IOSpec, TensorSpec, TextPreprocessing, finalize, load_artifact, write_artifact
 from ..errors import ConfigError, StageError, ValidationError
+from ..formats.onnx import EXTERNAL_DATA_BYTES, save_onnx
 from ..outputs import check_output
+from .registry import StageConfig, stage
 
 log = logging.getLogger("edgeopt.export")
 
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom for the graph
 PRECISION = {"float32": "fp32", "float16": "fp16"}
 
 
-class ExportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ExportConfig(StageConfig):
     kind: Literal["export"] = "export"
     opset: int = Field(17, ge=13, le=23)
     batch_axis: bool = True
@@ -36,6 +36,7 @@ class ExportConfig(BaseModel):
     dtype: Literal["float32", "float16"] = "float32"
 
 
+@stage("export")
 def export(model: Artifact | str | Path, out: str | Path, config: Optional[ExportConfig] = None) -> Artifact:
 
     from ..models import load_torch_model
@@ -66,8 +67,8 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
     ``fidelity=(min_top1_agreement, min_cosine)`` replaces the element-wise tolerance: ONNX Runtime's
     int8 kernels round and saturate differently from fake quantization, so an int8 graph is held
     to agreement with its PyTorch twin rather than to float-level equality.
-    ``after`` runs on the finished artifact before it is moved into place (e.g. QAT's accuracy
-    check): it may update and re-finalize the manifest, or raise to discard the artifact.
+    ``after`` runs on the complete artifact before its manifest is finalized and it is moved into
+    place (e.g. QAT's accuracy check): it may add to the manifest's metrics, or raise to discard it.
     """
     import torch
 
@@ -136,9 +137,9 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
             "parent_size_bytes": _param_bytes(module),
             "params": int(sum(p.numel() for p in module.parameters())),
         }
-        manifest = finalize(tmp, manifest)
-        if after is not None:
+        if after is not None:  # e.g. QAT's accuracy check: adds metrics, or raises to discard the artifact
             after(Artifact(tmp, manifest))
+        manifest = finalize(tmp, manifest)  # once: a finished artifact is never edited
     return load_artifact(Path(out).expanduser().resolve(), verify=False)
 
 
@@ -228,21 +229,6 @@ def _size(d: Path) -> int:
     return sum(f.stat().st_size for f in d.rglob("*.onnx*") if f.is_file())
 
 
-def save_onnx(model, path: Path) -> None:
-    """Save a ModelProto, as external data when it would not fit protobuf's 2 GiB limit."""
-    import onnx
-
-    del model.graph.value_info[:]  # stale shapes after fusion break later shape inference (quantization)
-    domains = {o.domain for o in model.opset_import}
-    for domain in {n.domain for n in model.graph.node} - domains - {"", "ai.onnx"}:
-        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-    if model.ByteSize() > EXTERNAL_DATA_BYTES or any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-
-
 def _copy_model(src: Path, dst: Path) -> dict:
     import onnx
 
@@ -283,7 +269,7 @@ def _fusion_params(parent: Artifact) -> Optional[tuple[str, int, int]]:
     if model_type is None:
         return None
     heads, hidden = config.num_attention_heads, config.hidden_size
-    pruned_heads = parent.manifest.model.get("attention_heads")
+    pruned_heads = getattr(parent.manifest.model, "attention_heads", None)
     if pruned_heads and int(pruned_heads) != heads:
         # ONNX Runtime's Attention fusion assumes Q/K/V as wide as the hidden size; head-pruned
         # layers are narrower, so they run unfused (still correct; FFN fusions below need it too).

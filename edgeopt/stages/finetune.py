@@ -17,6 +17,7 @@ from ..artifact import (Artifact, ImagePreprocessing, IOSpec, Manifest, TensorSp
                         finalize, load_artifact, write_artifact)
 from ..errors import ConfigError, InputError
 from ..outputs import check_output
+from .registry import StageConfig, stage
 
 
 class LoraSettings(BaseModel):
@@ -27,8 +28,7 @@ class LoraSettings(BaseModel):
     target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"])
 
 
-class FinetuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FinetuneConfig(StageConfig):
     kind: Literal["finetune"] = "finetune"
     train_data: str
     val_data: Optional[str] = None
@@ -53,6 +53,7 @@ class FinetuneConfig(BaseModel):
         return self
 
 
+@stage("finetune")
 def finetune(model: Optional[Artifact | str | Path], out: str | Path, config: FinetuneConfig) -> Artifact:
     from ..data import load_dataset
 

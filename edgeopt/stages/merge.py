@@ -8,11 +8,12 @@ import math
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..artifact import Artifact, finalize, load_artifact, write_artifact
 from ..errors import ConfigError, InputError, ValidationError
 from ..outputs import check_output
+from .registry import StageConfig, stage
 
 # PEFT methods whose weights fold into the base layers (merge_and_unload). Prompt-style methods
 # (prompt/prefix/p-tuning, adaption prompt, ...) add virtual tokens and cannot be merged.
@@ -21,8 +22,7 @@ MERGEABLE = {"LORA", "ADALORA", "LOHA", "LOKR", "IA3", "BOFT", "OFT", "VERA", "H
 TASK_HEADS = {"SEQ_CLS": "text-classification", "FEATURE_EXTRACTION": "feature-extraction"}
 
 
-class MergeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MergeConfig(StageConfig):
     kind: Literal["merge"] = "merge"
     adapter: str
     atol: float = Field(1e-4, gt=0)
@@ -96,6 +96,7 @@ def _check_fits(base_model, shapes: dict, adapter: Path) -> None:
         raise ConfigError(f"{adapter}: adapter was trained for another base model: " + "; ".join(problems[:4]) + more)
 
 
+@stage("merge")
 def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> Artifact:
     import torch
     import transformers
@@ -151,10 +152,10 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     pre = Preprocessor(parent)  # the adapter does not change the tokenizer
     data = load_dataset(cfg.check_data, kind="text").take(cfg.check_samples) if cfg.check_data else sample_dataset(parent, cfg.check_samples)
     names = [t.name for t in pm.io.inputs]
-    info = {"pooling": pm.model.get("pooling") or "mean", "normalize": pm.model.get("normalize")}
-    ref = predict(TorchRuntime(parent, module=_wrap(peft_model, task, info, names).eval()), pre, data.samples, batch_size=8)
+    pooling, normalize = getattr(pm.model, "pooling", None), bool(getattr(pm.model, "normalize", False))
+    ref = predict(TorchRuntime(parent, module=_wrap(peft_model, task, names, pooling, normalize).eval()), pre, data.samples, batch_size=8)
     merged = peft_model.merge_and_unload().eval()
-    got = predict(TorchRuntime(parent, module=_wrap(merged, task, info, names).eval()), pre, data.samples, batch_size=8)
+    got = predict(TorchRuntime(parent, module=_wrap(merged, task, names, pooling, normalize).eval()), pre, data.samples, batch_size=8)
     record, failures = numeric_agreement(["logits" if task == "text-classification" else "embeddings"], ref, got, cfg.atol, 0.0)
     if failures:
         raise ValidationError("merged model disagrees with the PEFT model", failures)
@@ -165,7 +166,7 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
         adopted = adopt_hf_folder(tmp, task=task)
         manifest = pm.child(stage="merge", config={**cfg.model_dump(), "adapter_config": acfg},
                             format="hf", task=task, labels=adopted.manifest.labels,
-                            io=adopted.manifest.io, model={**adopted.manifest.model, **({"pooling": pm.model.get("pooling"), "normalize": pm.model.get("normalize")} if task == "feature-extraction" else {})})
+                            io=adopted.manifest.io, model={**adopted.manifest.model.model_dump(), **({"pooling": pooling, "normalize": normalize} if task == "feature-extraction" else {})})
         manifest.metrics = {"numeric_check": {"against": "peft model", "samples": len(data), "data": data.source,
                                               "atol": cfg.atol, "outputs": record},
                             "params": int(sum(p.numel() for p in merged.parameters())),

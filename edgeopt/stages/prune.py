@@ -7,15 +7,15 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ..artifact import Artifact
 from ..errors import ConfigError, StageError
 from ..outputs import check_output
+from .registry import StageConfig, stage
 
 
-class PruneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PruneConfig(StageConfig):
     kind: Literal["prune"] = "prune"
     sparsity: float = Field(..., ge=0, lt=1, description="fraction of weights / heads / neurons / channels to remove")
     structured: Optional[Literal["heads", "neurons", "channels"]] = None
@@ -36,6 +36,7 @@ class PruneConfig(BaseModel):
         return self
 
 
+@stage("prune")
 def prune(model, out, config: PruneConfig) -> Artifact:
 
     from ..models import load_torch_model

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..artifact import Artifact
 from ..errors import ConfigError, ValidationError
 from ..outputs import check_output
+from .registry import StageConfig, stage
 
 
-class QATConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QATConfig(StageConfig):
     kind: Literal["qat"] = "qat"
     data: str  # labelled training data (calibration uses it too)
     val_data: Optional[str] = None
@@ -35,6 +35,7 @@ class QATConfig(BaseModel):
     seed: int = 0
 
 
+@stage("qat")
 def qat(model, out, config: QATConfig) -> Artifact:
     import numpy as np
     import torch
@@ -110,8 +111,7 @@ def qat(model, out, config: QATConfig) -> Artifact:
 
 def _record_onnx_accuracy(art: Artifact, evald, fp32, pre, cfg: QATConfig) -> None:
     """Accuracy of the exported QDQ graph in ONNX Runtime, and its agreement with fp32, recorded in
-    the artifact's manifest before it is moved into place (a failure discards it)."""
-    from ..artifact import finalize
+    the artifact's manifest before it is finalized and moved into place (a failure discards it)."""
     from ..metrics import predict, quality
     from ..runtime import load_runtime
     from ..runtime.torch import TorchRuntime
@@ -132,4 +132,3 @@ def _record_onnx_accuracy(art: Artifact, evald, fp32, pre, cfg: QATConfig) -> No
         problem = f"int8 ONNX accuracy is {drop:.2f} points below fp32 on {ds.source} (limit {cfg.max_accuracy_drop})"
     if problem:
         raise ValidationError(f"{problem}; train longer (--epochs) or calibrate with more samples")
-    finalize(art.path, m)

@@ -9,17 +9,17 @@ import sys
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ..artifact import Artifact, finalize, load_artifact, write_artifact
 from ..errors import ConfigError, EdgeoptError, StageError, ValidationError
 from ..outputs import check_output
+from .registry import StageConfig, stage
 
 log = logging.getLogger("edgeopt.quantize")
 
 
-class QuantizeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QuantizeConfig(StageConfig):
     kind: Literal["quantize"] = "quantize"
     ptq: Literal["dynamic", "static"] = "dynamic"
     calib: Optional[str] = None  # dataset for static calibration
@@ -38,6 +38,7 @@ class QuantizeConfig(BaseModel):
         return self
 
 
+@stage("quantize")
 def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConfig) -> Artifact:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -53,8 +54,8 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
     pm = parent.manifest
     if pm.format != "onnx":
         raise ConfigError(f"{parent.path}: is format '{pm.format}'; ONNX Runtime PTQ takes an onnx artifact — run `edgeopt export` first")
-    if pm.model.get("precision") != "fp32":
-        raise ConfigError(f"{parent.path}: is already {pm.model.get('precision')}; quantize the fp32 export instead")
+    if pm.model.precision != "fp32":
+        raise ConfigError(f"{parent.path}: is already {pm.model.precision}; quantize the fp32 export instead")
     target = get_target(cfg.target)
     if target.runtime == "tensorrt" and cfg.ptq == "dynamic":
         raise ConfigError(f"target '{target.name}' runs TensorRT, which has no dynamic quantization; use --ptq static with --calib DATA")
@@ -62,8 +63,8 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
     per_channel = q.per_channel if q.per_channel is not None else cfg.per_channel
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     pre = Preprocessor(parent)
-    src = parent.path / pm.model["file"]
-    external = bool(pm.model.get("external_data"))
+    src = parent.path / pm.model.file
+    external = pm.model.external_data
     fmt_record = {
         "mode": cfg.ptq, "target": target.name, "per_channel": per_channel, "reduce_range": target.reduce_range(),
         "weight_type": q.weight_type, "weight_symmetric": q.weight_symmetric,
@@ -110,7 +111,7 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
         _copy_preprocessing(parent, tmp)
 
         manifest = pm.child(stage="quantize", config=cfg.model_dump(),
-                            model={**pm.model, "file": "model.onnx", "precision": "int8", "quantization": fmt_record})
+                            model={**pm.model.model_dump(), "file": "model.onnx", "precision": "int8", "quantization": fmt_record})
         child = Artifact(tmp, manifest)
         manifest.metrics = _measure(parent, child, cfg, pre, sample_dataset)
         manifest.metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))

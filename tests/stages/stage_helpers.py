@@ -145,7 +145,7 @@ def run_onnx(art, samples) -> np.ndarray:
     from edgeopt.models.preprocess import Preprocessor
 
     pre = Preprocessor(art)
-    sess = ort.InferenceSession(str(art.path / art.manifest.model["file"]), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(art.path / art.manifest.model.file), providers=["CPUExecutionProvider"])
     feeds = pre(samples)
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]

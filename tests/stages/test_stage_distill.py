@@ -109,7 +109,7 @@ def test_cnn_student_width(tmp_path, digits_torch, digits_npz):
     art = distill(digits_torch, tmp_path / "small", DistillConfig(data=str(digits_npz), student='{"width": 2}', epochs=1,
                                                                   batch_size=32, eval_data=str(digits_npz)))
     m = art.manifest
-    assert m.format == "torch" and m.model["kwargs"] == {"width": 2}
+    assert m.format == "torch" and m.model.kwargs == {"width": 2}
     assert m.metrics["student"]["params"] < m.metrics["teacher"]["params"]
     assert m.metrics["layer_map"] == []
     images = load_dataset(str(digits_npz)).samples[:8]

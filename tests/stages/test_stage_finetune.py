@@ -41,7 +41,7 @@ def test_lora_finetune_learns(lora_finetuned):
 
 def test_lora_finetune_artifact_layout(lora_finetuned, bert4):
     art = load_artifact(lora_finetuned.path)  # every file, adapter included, verifies
-    assert art.manifest.model["adapter"] == "adapter"
+    assert art.manifest.model.adapter == "adapter"
     assert "adapter/adapter_config.json" in art.manifest.files
     acfg = json.loads((art.path / "adapter" / "adapter_config.json").read_text())
     assert acfg["base_model_name_or_path"] == str(bert4) and acfg["peft_type"] == "LORA"
@@ -73,7 +73,7 @@ def test_merge_reads_labels_from_the_enclosing_finetune_artifact(tmp_path, lora_
 
 def test_full_finetune_has_no_adapter(tmp_path, tiny_text_classifier, kw_jsonl):
     art = finetune(tiny_text_classifier, tmp_path / "full", FinetuneConfig(train_data=str(kw_jsonl), epochs=1, batch_size=32))
-    assert art.manifest.model["adapter"] is None and not (art.path / "adapter").exists()
+    assert art.manifest.model.adapter is None and not (art.path / "adapter").exists()
     assert art.manifest.lineage[-1].stage == "finetune"
 
 

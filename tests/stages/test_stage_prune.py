@@ -40,7 +40,7 @@ def test_unstructured_magnitude(tmp_path, bert4):
     assert "dense kernels" in m["prune"]["note"]
     assert m["before"]["params"] == m["after"]["params"] and m["params_ratio"] == 1.0
     assert linear_zero_fraction(art) == pytest.approx(0.5, abs=0.01)  # the zeros are in the saved weights
-    assert not art.manifest.model.get("resized")
+    assert not art.manifest.model.resized
     assert art.manifest.lineage[-1].stage == "prune"
 
 
@@ -105,7 +105,7 @@ def test_structured_bert_exports_to_onnx(tmp_path, heads_pruned, neurons_pruned,
     check = onnx_art.manifest.metrics["numeric_check"]["outputs"]["logits"]
     assert check["within_tolerance"] and check["max_abs_err"] <= 1e-3
     if which == "heads":  # narrower Q/K/V than the hidden size: the attention fusion is skipped
-        assert onnx_art.manifest.model["optimization"]["level"] != "transformer-fusion"
+        assert onnx_art.manifest.model.optimization["level"] != "transformer-fusion"
     ref = artifact_outputs(art, SENTENCES)
     np.testing.assert_allclose(run_onnx(onnx_art, SENTENCES), ref, atol=1e-3, rtol=1e-3)
 

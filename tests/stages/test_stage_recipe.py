@@ -80,7 +80,7 @@ def test_chain_runs(chain, recipe_dir):
     assert arts["student"].manifest.metrics["teacher"]["params"] > arts["student"].manifest.metrics["student"]["params"]
 
     int8 = arts["int8"]
-    assert int8.manifest.format == "onnx" and int8.manifest.model["precision"] == "int8"
+    assert int8.manifest.format == "onnx" and int8.manifest.model.precision == "int8"
     assert [e.stage for e in int8.manifest.lineage] == ["source", "merge", "prune", "distill", "qat"]
     assert_trt_style_qdq(int8.path / "model.onnx", min_layers=2 * 6 + 2)
     assert run_onnx(int8, SENTENCES).shape == (len(SENTENCES), 3)

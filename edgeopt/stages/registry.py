@@ -1,0 +1,97 @@
+"""The one list of stages: kind -> module, config class and function, loaded lazily.
+
+The recipe runner and its validation, the CLI and the Python API (``edgeopt.export`` ...) all
+read this table; adding a stage is one module plus one entry here. Nothing is imported until a
+stage is used, so validating a recipe or listing stages loads no torch.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ConfigError
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's config: typed, strict, versioned. ``version`` changes when a field's
+    meaning changes, so lineage records and recipe caches written under another meaning differ."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    kind: str
+    module: str
+    config_name: str
+    function_name: str
+    summary: str
+    needs_input: bool = True  # reads a parent artifact (finetune starts from a base model it is given)
+    # extra -> import names it needs (None: every package of the extra); checked before the stage runs
+    requires: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+
+    @property
+    def config(self) -> type[StageConfig]:
+        return getattr(import_module(self.module), self.config_name)
+
+    @property
+    def function(self) -> Callable[..., Any]:
+        return getattr(import_module(self.module), self.function_name)
+
+    def check_installed(self) -> None:
+        from .._optional import require
+
+        for extra, modules in self.requires.items():
+            require(extra, purpose=f"the {self.kind} stage", modules=modules)
+
+    def run(self, parent, out, config):
+        return self.function(parent, out, config)
+
+
+_TRAIN = {"train": None}
+
+STAGES: dict[str, StageSpec] = {s.kind: s for s in (
+    StageSpec("finetune", "edgeopt.stages.finetune", "FinetuneConfig", "finetune",
+              "fine-tune a checkpoint (full or LoRA) on labelled data", needs_input=False, requires=_TRAIN),
+    StageSpec("merge", "edgeopt.stages.merge", "MergeConfig", "merge",
+              "merge a PEFT adapter into its base, checked against the PEFT model", requires=_TRAIN),
+    StageSpec("prune", "edgeopt.stages.prune", "PruneConfig", "prune",
+              "unstructured or structured pruning, with optional recovery training", requires=_TRAIN),
+    StageSpec("distill", "edgeopt.stages.distill", "DistillConfig", "distill",
+              "distill a smaller student from a teacher", requires=_TRAIN),
+    StageSpec("qat", "edgeopt.stages.qat", "QATConfig", "qat",
+              "quantization-aware training (or torch-side PTQ) to a QDQ ONNX graph", requires=_TRAIN),
+    StageSpec("export", "edgeopt.stages.export", "ExportConfig", "export",
+              "PyTorch to ONNX, graph-optimized, checked against PyTorch", requires=_TRAIN),
+    StageSpec("quantize", "edgeopt.stages.quantize", "QuantizeConfig", "quantize",
+              "ONNX Runtime int8 post-training quantization", requires={"train": ("onnx",)}),
+    StageSpec("bench", "edgeopt.bench.core", "BenchConfig", "bench",
+              "latency, throughput, memory, size and accuracy side by side"),
+)}
+
+
+def get_stage(kind: str) -> StageSpec:
+    try:
+        return STAGES[kind]
+    except KeyError:
+        raise ConfigError(f"'{kind}' is not a stage; choose one of {', '.join(STAGES)}") from None
+
+
+def stage(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a stage's public function: its extras are checked before it runs, from the Python API
+    and the CLI alike, so a missing one is one line naming it, not an ImportError."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            get_stage(kind).check_installed()
+            return fn(*args, **kwargs)
+
+        return run
+
+    return wrap
