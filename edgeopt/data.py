@@ -139,6 +139,9 @@ def _sklearn(ref: str) -> Dataset:
     split = parts[2] if len(parts) == 3 else None
     if split is not None and split not in SPLITS:
         raise ConfigError(f"{ref}: unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    from ._optional import require
+
+    require("demo", purpose=f"the {ref} dataset", modules=("sklearn",))
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

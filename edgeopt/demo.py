@@ -13,6 +13,12 @@ def demo_recipe_path() -> Path:
 
 
 def run_demo(workdir: Path, force: bool = False, on_stage: Optional[Callable[[str, str], None]] = None) -> RunResult:
+    from ._optional import missing
+    from .errors import MissingDependencyError
+
+    lacking = [*missing("demo"), *missing("train"), *missing("report")]
+    if lacking:
+        raise MissingDependencyError(", ".join(lacking), extra="demo", purpose="the demo")
     recipe = load_recipe(demo_recipe_path())
     recipe.workdir = Path(workdir).expanduser().resolve()
     return run_recipe(recipe, force=force, on_stage=on_stage)

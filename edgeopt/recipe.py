@@ -62,7 +62,11 @@ def resolve_model_ref(ref: str, base: Path = Path(".")) -> Path:
         pkg, _, sub = ref[4:].partition("/")
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
-            raise InputError(f"{ref}: Python package '{pkg}' is not installed; pip install {pkg.replace('_', '-')}")
+            from ._optional import EXTRAS
+
+            extra = next((e for e, table in EXTRAS.items() if pkg in table), None)
+            fix = f"pip install 'edgeopt[{extra}]'" if extra else f"pip install {pkg.replace('_', '-')}"
+            raise InputError(f"{ref}: Python package '{pkg}' is not installed; install it with: {fix}")
         return Path(list(spec.submodule_search_locations)[0]) / sub
     p = Path(ref).expanduser()
     return p if p.is_absolute() else (base / p)

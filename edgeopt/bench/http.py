@@ -48,6 +48,9 @@ def _payloads(cfg: LoadConfig, kind: Optional[str]):
 
 
 def load_test(cfg: LoadConfig) -> BenchReport:
+    from .._optional import require
+
+    require("serve", purpose="the HTTP load test", modules=("httpx",))
     return asyncio.run(_load_test(cfg))
 
 

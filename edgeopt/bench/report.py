@@ -102,6 +102,10 @@ def check_report_paths(json_path: Optional[Path], md_path: Optional[Path], input
         from ..errors import ConfigError
 
         raise ConfigError(f"--report {md_path}: give a Markdown file name (.md); the plot is written beside it as .png")
+    if md_path:
+        from .._optional import require
+
+        require("report", purpose="--report's plot")
     check_outputs_distinct([json_path, md_path, png])
     for p in (json_path, md_path, png):
         if p is not None:
@@ -116,6 +120,10 @@ def write_outputs(report: BenchReport, json_path: Optional[Path] = None, md_path
     from ..outputs import write_file_atomic
 
     check_report_paths(json_path, md_path, inputs)
+    if md_path:
+        from .._optional import require
+
+        require("report", purpose="the report's plot")
     written = {}
     if json_path:
         written["json"] = write_file_atomic(json_path, lambda t: t.write_text(report.model_dump_json(indent=2)), *inputs)

@@ -370,20 +370,31 @@ def bench(
 
 @app.command()
 def serve(
-    artifact: Annotated[str, typer.Argument(help="Artifact to serve (ONNX, torch or HF).")],
-    host: Annotated[str, typer.Option(help="Bind address; 127.0.0.1 keeps it local (use 0.0.0.0 in containers).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port, 1-65535.")] = 8000,
-    max_batch: Annotated[int, typer.Option(help="Most inputs coalesced into one model call (1 turns batching off).")] = 16,
-    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to batch with.")] = 5.0,
-    api_key_env: Annotated[Optional[str], typer.Option(help="Require the API key held in this environment variable.")] = None,
-    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
-    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads per process.")] = None,
-    target: TargetOpt = None,
-    max_items: Annotated[int, typer.Option(help="Inputs per request.")] = 64,
-    max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.")] = 8.0,
-    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds (504 beyond).")] = 30.0,
+    artifact: Annotated[str, typer.Argument(help="Artifact to serve (ONNX, torch or HF).", envvar="EDGEOPT_ARTIFACT")],
+    host: Annotated[str, typer.Option(help="Bind address; 127.0.0.1 keeps it local (use 0.0.0.0 in containers).",
+                                      envvar="EDGEOPT_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port, 1-65535.", envvar="EDGEOPT_PORT")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most inputs coalesced into one model call (1 turns batching off).",
+                                           envvar="EDGEOPT_MAX_BATCH")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to batch with.",
+                                               envvar="EDGEOPT_MAX_WAIT_MS")] = 5.0,
+    api_key_env: Annotated[Optional[str], typer.Option(help="Require the API key held in this environment variable.",
+                                                       envvar="EDGEOPT_API_KEY_ENV")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes.", envvar="EDGEOPT_WORKERS")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads per process.", envvar="EDGEOPT_THREADS")] = None,
+    target: Annotated[Optional[Target], typer.Option("--target", "-t", help="Deployment target (default: this host).",
+                                                     envvar="EDGEOPT_TARGET")] = None,
+    max_items: Annotated[int, typer.Option(help="Inputs per request.", envvar="EDGEOPT_MAX_ITEMS")] = 64,
+    max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.", envvar="EDGEOPT_MAX_BODY_MB")] = 8.0,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds (504 beyond).", envvar="EDGEOPT_TIMEOUT")] = 30.0,
 ):
-    """Serve an artifact over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics."""
+    """Serve an artifact over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics.
+
+    Every option can also come from an environment variable (EDGEOPT_PORT, EDGEOPT_MAX_BATCH, ...;
+    see each option), so a container's command stays `edgeopt serve`."""
+    from .._optional import require
+
+    require("serve", purpose="edgeopt serve")
     from ..serve.app import ServeSettings
     from ..serve.app import serve as run
 
@@ -394,13 +405,12 @@ def serve(
     if api_key_env and not os.environ.get(api_key_env):
         raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; export it with the key")
     from ..artifact import load_artifact
-
     from ..serve.app import check_bind
 
-    load_artifact(settings.artifact)  # a bad path is one error line, before any "serving" banner
+    art = load_artifact(settings.artifact)  # verified once; a bad path is one line, before any banner
     check_bind(host, port)  # a port in use is one error line too
     err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
-    run(settings, host=host, port=port, workers=workers)
+    run(settings, host=host, port=port, workers=workers, artifact=art)
 
 
 @app.command("run")
@@ -459,7 +469,11 @@ def inspect(
         print(json.dumps(m.model_dump(mode="json"), indent=2))
         return
     console.print(f"[bold]{_p(art.path)}[/bold]")
+    from ..formats import handler_for
+
     console.print(f"format {m.format} ({m.model.precision}), task {m.task}, edgeopt {m.edgeopt_version}")
+    for key, value in handler_for(art).describe(art).items():
+        console.print(f"  {key}: {_p(value)}")
     if m.labels:
         console.print(f"labels ({len(m.labels)}): {', '.join(m.labels[:12])}{' ...' if len(m.labels) > 12 else ''}")
     for t in m.io.inputs:

@@ -42,8 +42,10 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
 
     ``task`` overrides the task read from config.json (e.g. feature-extraction from a classifier).
     """
+    from .._optional import require
     from .architectures import image_size, load_config, max_text_length, text_input_names
 
+    require("train", purpose=f"reading the Hugging Face checkpoint {folder}", modules=("transformers",))
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise InputError(f"{folder}: config.json but no model.safetensors or pytorch_model.bin; this is not a complete checkpoint")
     if task is not None and task not in TASKS:

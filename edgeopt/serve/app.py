@@ -1,26 +1,45 @@
 """FastAPI app factory: task-aware predict, model info, health, readiness, Prometheus metrics,
-micro-batching, and the limits that keep a server up under bad input."""
+micro-batching, and the limits that keep a server up under bad input.
+
+What is task-specific (which request field, decoding, preprocessing, the response) lives in one
+codec per task (``edgeopt.serve.codecs``); this module wires codecs, the micro-batcher and HTTP.
+Importing it loads neither fastapi nor the model's libraries: ``create_app`` imports the web
+stack, the loader thread the runtime.
+"""
 
 import asyncio
-import base64
-import binascii
 import hmac
-import io
 import logging
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Optional
+from pathlib import Path
+from typing import Annotated, Any
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 
-from ..artifact import ImagePreprocessing, TextPreprocessing, load_artifact
+from ..artifact import Artifact, Manifest, TextPreprocessing, load_artifact
 from ..errors import ConfigError
+from .codecs import Codec, Options, RequestError, TensorsCodec, codec_for
 
 log = logging.getLogger("edgeopt.serve")
 OPEN_ROUTES = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+FIELDS = ("inputs", "images", "tensors")  # PredictRequest's input fields, in the order messages name them
+
+ENV_PREFIX = "EDGEOPT_"  # ServeSettings.from_env: EDGEOPT_<FIELD>, e.g. EDGEOPT_MAX_BATCH
+SETTINGS_ENV = "EDGEOPT_SERVE_SETTINGS"  # all settings as one JSON object (what `serve --workers N` passes on)
+# Set by serve() for its worker processes: the artifact path the parent already sha256-verified.
+VERIFIED_ENV = "EDGEOPT_SERVE_VERIFIED"
 
 
 class ServeSettings(BaseModel):
@@ -28,18 +47,98 @@ class ServeSettings(BaseModel):
     artifact: str
     max_batch: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
-    threads: Optional[int] = Field(None, ge=1)
-    target: Optional[str] = None
-    api_key_env: Optional[str] = None
+    threads: int | None = Field(None, ge=1)
+    target: str | None = None
+    api_key_env: str | None = None
     max_items: int = Field(64, ge=1, le=4096)  # inputs per request
     max_text_chars: int = Field(4096, ge=1)  # per text; tokens beyond the model's max_length are truncated
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     timeout_s: float = Field(30.0, gt=0)
     max_image_pixels: int = Field(4096 * 4096, ge=1)  # checked from the header, before decoding
 
+    @classmethod
+    def env_vars(cls) -> dict[str, str]:
+        """field -> its environment variable (EDGEOPT_<FIELD>), for from_env and the CLI's options."""
+        return {name: ENV_PREFIX + name.upper() for name in cls.model_fields}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServeSettings":
+        """Settings from the environment: EDGEOPT_SERVE_SETTINGS (JSON, all of them) when set, else one
+        EDGEOPT_<FIELD> variable per setting (unset or empty: the default). Bad values: a ConfigError
+        naming the variable."""
+        env = os.environ if environ is None else environ
+        if env.get(SETTINGS_ENV):
+            try:
+                return cls.model_validate_json(env[SETTINGS_ENV])
+            except ValidationError as e:
+                raise ConfigError(f"{SETTINGS_ENV}: {_first_error(e)}") from e
+        names = cls.env_vars()
+        # strings as pydantic's lax mode takes them ("16" -> 16); the field constraints still apply
+        values = {f: env[v].strip() for f, v in names.items() if env.get(v, "").strip()}
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            parts = []
+            for err in e.errors():
+                field = str(err["loc"][0]) if err["loc"] else ""
+                var = names.get(field, SETTINGS_ENV)
+                if err["type"] == "missing":
+                    parts.append(f"{var}: unset; export it with the artifact directory to serve")
+                else:
+                    parts.append(f"{var}={values.get(field)!r}: {err['msg'].removeprefix('Value error, ')}")
+            raise ConfigError("; ".join(parts)) from e
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else err["msg"]
+
+
+def _precision(manifest: Manifest) -> Any:
+    """The one place serve reads the model's precision."""
+    return manifest.model.precision
+
 
 class _Error(BaseModel):
     error: str
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    top: list[Label] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction] | None = None
+    embeddings: list[list[float]] | None = None
+    outputs: dict[str, list] | None = None
+
+
+def _predict_request_model(settings: ServeSettings, manifest: Manifest) -> type[BaseModel]:
+    """The JSON request schema; its limits come from the settings, so they are in the OpenAPI document."""
+    pre = manifest.io.preprocessing
+    max_len = pre.max_length if isinstance(pre, TextPreprocessing) else None
+    n = settings.max_items
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        inputs=(list[Annotated[str, StringConstraints(max_length=settings.max_text_chars)]] | None,
+                Field(None, min_length=1, max_length=n,
+                      description=f"Texts to classify/embed: 1..{n} per request, each at most "
+                                  f"{settings.max_text_chars} characters; tokens beyond {max_len} are truncated.")),
+        images=(list[str] | None, Field(None, min_length=1, max_length=n,
+                                           description=f"Base64-encoded images (PNG/JPEG...), 1..{n} per request.")),
+        tensors=(dict[str, list] | None, Field(None, description="Raw input tensors by the model's IO spec (name -> nested lists).")),
+        top_k=(int, Field(1, ge=1, le=max(1, len(manifest.labels or [1])), description="Labels to return per input (classifiers).")),
+    )
 
 
 def _http_error(status: int, message: str):
@@ -48,106 +147,106 @@ def _http_error(status: int, message: str):
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(settings: ServeSettings):
-    from fastapi import FastAPI, File, HTTPException, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import PlainTextResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+class Predictor:
+    """The model behind the routes: loads and warms it up off the event loop, and runs each
+    request through its codec: decode -> (micro-batcher) preprocess + model call -> encode."""
 
-    from .batcher import MicroBatcher
-    from .metrics import ServeMetrics
+    def __init__(self, art: Artifact, settings: ServeSettings, metrics, concurrency: Callable[[], int]):
+        from .batcher import MicroBatcher
 
-    art = load_artifact(settings.artifact)
-    m = art.manifest
-    pre_spec = m.io.preprocessing
-    kind = pre_spec.kind if pre_spec is not None else None
-    classify = m.task.endswith("classification") and bool(m.labels)
-    api_key = None
-    if settings.api_key_env:
-        api_key = os.environ.get(settings.api_key_env)
-        if not api_key:
-            raise ConfigError(f"--api-key-env {settings.api_key_env}: that environment variable is empty or unset; export it with the key")
-    metrics = ServeMetrics()
-    metrics.model_info.info({"name": art.name, "task": m.task, "format": m.format,
-                             "precision": str(m.model.get("precision", "fp32")), "target": str(settings.target or "host")})
-    state: dict[str, Any] = {"ready": False, "error": None}
-    max_len = pre_spec.max_length if isinstance(pre_spec, TextPreprocessing) else None
+        self.art = art
+        self.settings = settings
+        self.metrics = metrics
+        self.codec: Codec | None = codec_for(art, settings)  # None: the model takes raw tensors only
+        self.tensors = TensorsCodec(art, settings)
+        # exposed as app.state.serve_state; "ready"/"error" answer /readyz and guard predict
+        self.state: dict[str, Any] = {"ready": False, "error": None, "rt": None}
+        self.batcher = MicroBatcher(self._infer, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+                                    on_batch=metrics.batch_size.observe, concurrency=concurrency)
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeopt-decode")
 
-    def load_model() -> None:
+    async def start(self) -> None:
+        await self.batcher.start()
+        # the server answers /healthz (and 503 on /readyz) while the model loads
+        threading.Thread(target=self.load, name="edgeopt-load", daemon=True).start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self._decoder.shutdown(wait=False)
+
+    def load(self) -> None:
         try:
             from ..metrics import sample_dataset
-            from ..models.preprocess import Preprocessor
             from ..runtime import load_runtime
 
-            rt = load_runtime(art, threads=settings.threads, target=settings.target)
-            pre = Preprocessor(art) if pre_spec is not None else None
-            state.update(rt=rt, pre=pre)
-            if pre is not None:  # warm up: first runs allocate and pick kernels
-                warm = sample_dataset(art, 4)
-                for n in (1, min(4, settings.max_batch)):
-                    rt.run(pre(warm.samples[:n]))
-            state["ready"] = True
+            rt = load_runtime(self.art, threads=self.settings.threads, target=self.settings.target)
+            for codec in (self.codec, self.tensors):
+                if codec is not None:
+                    codec.setup(rt)
+            self.state["rt"] = rt
+            if self.codec is not None:  # warm up: first runs allocate and pick kernels
+                warm = sample_dataset(self.art, 4)
+                for n in (1, min(4, self.settings.max_batch)):
+                    rt.run(self.codec.preprocess(warm.samples[:n]))
+            self.state["ready"] = True
         except Exception as e:  # surfaced by /readyz and predict
             log.exception("model failed to load")
-            state["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.state["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
 
-    def infer(items):
+    def _infer(self, items: list) -> list:
+        """One micro-batch, in the inference thread (the time includes preprocessing, as clients see it)."""
         t = time.perf_counter()
-        feeds = state["pre"](items) if kind == "text" else {state["rt"].input_names[0]: state["pre"].image(np.stack(items))}
-        out = state["rt"].run(feeds)
-        metrics.inference.observe(time.perf_counter() - t)
+        out = self.state["rt"].run(self.codec.preprocess(items))
+        self.metrics.inference.observe(time.perf_counter() - t)
         return out
 
-    from concurrent.futures import ThreadPoolExecutor
+    def require_ready(self) -> None:
+        if not self.state["ready"]:
+            err = self.state["error"]
+            raise RequestError(f"model failed to load: {err}" if err else "model is loading; retry shortly", 503)
 
-    decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeopt-decode")
-    in_flight = {"n": 0}
-    batcher = MicroBatcher(infer, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                           on_batch=metrics.batch_size.observe, concurrency=lambda: in_flight["n"])
+    async def _within(self, work: Awaitable, what: str):
+        try:
+            return await asyncio.wait_for(work, self.settings.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"{what} took longer than {self.settings.timeout_s:g} s", 504) from None
 
-    @asynccontextmanager
-    async def lifespan(app):
-        await batcher.start()
-        loader = threading.Thread(target=load_model, name="edgeopt-load", daemon=True)
-        loader.start()
-        yield
-        await batcher.stop()
-        decoder.shutdown(wait=False)
+    async def decode(self, decode: Callable[[Any], list], value: Any) -> list:
+        """``decode`` is the codec's decode or decode_files; heavy ones run on a decode thread."""
+        assert self.codec is not None
+        if not self.codec.decode_off_loop:
+            return decode(value)
+        loop = asyncio.get_running_loop()
+        return await self._within(loop.run_in_executor(self._decoder, decode, value), f"decoding {self.codec.field}")
 
-    app = FastAPI(title="edgeopt serve", version=m.edgeopt_version, lifespan=lifespan,
-                  description=f"Serving {art.name}: {m.task}, {m.format} {m.model.get('precision', 'fp32')}.")
+    async def predict(self, items: list, options: Options) -> dict:
+        assert self.codec is not None
+        outputs = await self._within(self.batcher.submit(items), "prediction")
+        self.metrics.items.inc(len(items))
+        return {"model": self.art.name, **self.codec.encode(outputs, options)}
 
-    # ---- request / response schemas (limits are part of the OpenAPI document) ----
-    text_field = Field(None, min_length=1, max_length=settings.max_items,
-                       description=f"Texts to classify/embed: 1..{settings.max_items} per request, each at most "
-                                   f"{settings.max_text_chars} characters; tokens beyond {max_len} are truncated.")
-    PredictRequest = create_model(
-        "PredictRequest",
-        __config__=ConfigDict(extra="forbid"),
-        inputs=(Optional[list[Annotated[str, StringConstraints(max_length=settings.max_text_chars)]]], text_field),
-        images=(Optional[list[str]], Field(None, min_length=1, max_length=settings.max_items,
-                                           description=f"Base64-encoded images (PNG/JPEG...), 1..{settings.max_items} per request.")),
-        tensors=(Optional[dict[str, list]], Field(None, description="Raw input tensors by the model's IO spec (name -> nested lists).")),
-        top_k=(int, Field(1, ge=1, le=max(1, len(m.labels or [1])), description="Labels to return per input (classifiers).")),
-    )
+    async def predict_tensors(self, value: dict) -> dict:
+        feeds = self.tensors.decode(value)
+        outputs = await self._within(self.batcher.run_alone(self.tensors.predict, self.state["rt"], feeds), "prediction")
+        return {"model": self.art.name, **self.tensors.encode(outputs, Options())}
 
-    class Label(BaseModel):
-        label: str
-        score: float
 
-    class Prediction(BaseModel):
-        label: str
-        score: float
-        top: Optional[list[Label]] = None
+def _api_key(settings: ServeSettings) -> str | None:
+    if not settings.api_key_env:
+        return None
+    key = os.environ.get(settings.api_key_env)
+    if not key:
+        raise ConfigError(f"--api-key-env {settings.api_key_env}: that environment variable is empty or unset; export it with the key")
+    return key
 
-    class PredictResponse(BaseModel):
-        model: str
-        predictions: Optional[list[Prediction]] = None
-        embeddings: Optional[list[list[float]]] = None
-        outputs: Optional[dict[str, list]] = None
 
-    # ---- middleware: body limit, auth, metrics ----
+def _install_guard(app, settings: ServeSettings, api_key: str | None, metrics, in_flight: dict) -> None:
+    """Middleware: body limit, auth, request metrics (every request, errors included)."""
+    from fastapi import Request
+
+    limit = settings.max_body_bytes
+    too_big = f"request body over the {limit} byte limit"
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         route = request.url.path
@@ -157,9 +256,9 @@ def create_app(settings: ServeSettings):
         status = 500
         try:
             cl = request.headers.get("content-length")
-            if cl is not None and (not cl.isdigit() or int(cl) > settings.max_body_bytes):
+            if cl is not None and (not cl.isdigit() or int(cl) > limit):
                 status = 413
-                return _http_error(413, f"request body over the {settings.max_body_bytes} byte limit")
+                return _http_error(413, too_big)
             if api_key is not None and route not in OPEN_ROUTES:
                 given = request.headers.get("x-api-key") or ""
                 auth = request.headers.get("authorization") or ""
@@ -168,13 +267,13 @@ def create_app(settings: ServeSettings):
                 if not hmac.compare_digest(given.encode(), api_key.encode()):
                     status = 401
                     return _http_error(401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-            if request.method in ("POST", "PUT") and cl is None:
+            if request.method in ("POST", "PUT") and cl is None:  # chunked: count while reading
                 body = b""
                 async for chunk in request.stream():
                     body += chunk
-                    if len(body) > settings.max_body_bytes:
+                    if len(body) > limit:
                         status = 413
-                        return _http_error(413, f"request body over the {settings.max_body_bytes} byte limit")
+                        return _http_error(413, too_big)
                 request._body = body  # starlette reads the cached body
             response = await call_next(request)
             status = response.status_code
@@ -182,9 +281,16 @@ def create_app(settings: ServeSettings):
         finally:
             metrics.in_flight.dec()
             in_flight["n"] -= 1
+            # one label for every unknown path: a scanner must not grow the metrics without bound
             known = route if route in {r.path for r in app.routes} else "other"
             metrics.requests.labels(known, request.method, str(status)).inc()
             metrics.latency.labels(known).observe(time.perf_counter() - t0)
+
+
+def _install_error_handlers(app) -> None:
+    """Every error is {"error": "..."}: one line, never a stack trace."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request, exc: RequestValidationError):
@@ -196,6 +302,10 @@ def create_app(settings: ServeSettings):
         more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
         return _http_error(422, f"{loc}: {first.get('msg')}{more}")
 
+    @app.exception_handler(RequestError)
+    async def on_request_error(request, exc: RequestError):
+        return _http_error(exc.status, exc.message)
+
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request, exc: StarletteHTTPException):
         return _http_error(exc.status_code, str(exc.detail))
@@ -205,143 +315,65 @@ def create_app(settings: ServeSettings):
         log.exception("unhandled error")
         return _http_error(500, "internal error; see the server log")
 
-    # ---- routes ----
+
+def _model_info(art: Artifact, settings: ServeSettings) -> dict:
+    m = art.manifest
+    pre = m.io.preprocessing
+    return {
+        "name": art.name, "task": m.task, "format": m.format, "precision": _precision(m),
+        "labels": m.labels, "target": settings.target or "host",
+        "inputs": [t.model_dump() for t in m.io.inputs], "outputs": [t.model_dump() for t in m.io.outputs],
+        "preprocessing": pre.model_dump() if pre else None,
+        "lineage": [{"stage": e.stage, "parent_hash": e.parent_hash} for e in m.lineage],
+        "metrics": {k: v for k, v in m.metrics.items() if k in ("eval", "numeric_check", "size_bytes", "test_accuracy")},
+        "limits": {"max_items": settings.max_items, "max_text_chars": settings.max_text_chars,
+                   "max_tokens": pre.max_length if isinstance(pre, TextPreprocessing) else None,
+                   "max_body_bytes": settings.max_body_bytes, "timeout_s": settings.timeout_s},
+        "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
+    }
+
+
+def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
+    from fastapi import File, UploadFile
+    from fastapi.responses import PlainTextResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    PredictRequest = _predict_request_model(settings, p.art.manifest)
     errors = {401: {"model": _Error}, 413: {"model": _Error}, 422: {"model": _Error}, 503: {"model": _Error}, 504: {"model": _Error}}
-
-    def require_ready():
-        if not state["ready"]:
-            raise HTTPException(503, f"model failed to load: {state['error']}" if state["error"] else "model is loading; retry shortly")
-
-    def render(outputs: list[np.ndarray], top_k: int) -> dict:
-        out = outputs[0]
-        if classify:
-            z = out - out.max(axis=-1, keepdims=True)
-            p = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
-            preds = []
-            for row in p:
-                order = np.argsort(-row)[:top_k]
-                top = [{"label": m.labels[i], "score": float(row[i])} for i in order]
-                preds.append({**top[0], "top": top if top_k > 1 else None})
-            return {"model": art.name, "predictions": preds}
-        if m.task == "feature-extraction":
-            return {"model": art.name, "embeddings": out.astype(float).tolist()}
-        return {"model": art.name, "outputs": {n: o.tolist() for n, o in zip(state["rt"].output_names, outputs)}}
-
-    async def run_items(items: list) -> list[np.ndarray]:
-        try:
-            return await asyncio.wait_for(batcher.submit(items), settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"prediction took longer than {settings.timeout_s:g} s") from None
-
-    def decode_image(data: bytes, where: str) -> np.ndarray:
-        from PIL import Image
-
-        assert isinstance(pre_spec, ImagePreprocessing)
-        try:
-            img = Image.open(io.BytesIO(data))  # reads the header only
-            if img.width * img.height > settings.max_image_pixels:
-                raise HTTPException(422, f"{where}: {img.width}x{img.height} pixels is over the limit of "
-                                         f"{settings.max_image_pixels}; downscale it first")
-            img = img.convert("L" if pre_spec.channels == 1 else "RGB")
-            h, w = pre_spec.size
-            img = img.resize((w, h))
-        except HTTPException:
-            raise
-        except Exception as e:  # Pillow raises many types for malformed files (incl. NotImplementedError)
-            raise HTTPException(422, f"{where}: not a decodable image ({type(e).__name__})") from None
-        return np.asarray(img, dtype=np.float32)
-
-    async def decode_images(raws: list[tuple[bytes, str]]) -> list[np.ndarray]:
-        """Decode off the event loop (big images must not stall other requests), under the timeout."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(decoder, lambda: [decode_image(b, where) for b, where in raws]), settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"decoding images took longer than {settings.timeout_s:g} s") from None
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=errors)
     async def predict(req: PredictRequest):  # type: ignore[valid-type]
         """Predict. Text models take `inputs`, image models `images` (base64); any model takes raw `tensors`."""
-        require_ready()
-        given = [k for k in ("inputs", "images", "tensors") if getattr(req, k) is not None]
+        p.require_ready()
+        given = [f for f in FIELDS if getattr(req, f) is not None]
         if len(given) != 1:
-            raise HTTPException(422, "give exactly one of 'inputs' (texts), 'images' (base64) or 'tensors'")
+            raise RequestError("give exactly one of 'inputs' (texts), 'images' (base64) or 'tensors'")
         field = given[0]
-        if field == "tensors":
-            return await predict_tensors(req.tensors)
-        if field == "inputs" and kind != "text":
-            raise HTTPException(422, f"this model takes {kind or 'raw tensor'} input; send 'images' or 'tensors', not 'inputs'")
-        if field == "images" and kind != "image":
-            raise HTTPException(422, f"this model takes {kind or 'raw tensor'} input; send 'inputs' or 'tensors', not 'images'")
-        if field == "inputs":
-            items = req.inputs
-        else:
-            raws = []
-            for i, b in enumerate(req.images):
-                try:
-                    raws.append((base64.b64decode(b, validate=True), f"images.{i}"))
-                except (binascii.Error, ValueError):
-                    raise HTTPException(422, f"images.{i}: not valid base64") from None
-            items = await decode_images(raws)
-        outputs = await run_items(items)
-        metrics.items.inc(len(items))
-        return render(outputs, req.top_k)
+        value = getattr(req, field)
+        if field == p.tensors.field:
+            return await p.predict_tensors(value)
+        if p.codec is None or field != p.codec.field:
+            kind = p.codec.kind if p.codec is not None else None
+            others = " or ".join(f"'{f}'" for f in FIELDS if f != field)
+            raise RequestError(f"this model takes {kind or 'raw tensor'} input; send {others}, not '{field}'")
+        items = await p.decode(p.codec.decode, value)
+        return await p.predict(items, Options(top_k=req.top_k))
 
     @app.post("/v1/predict/images", response_model=PredictResponse, response_model_exclude_none=True, responses=errors)
-    async def predict_images(files: list[UploadFile] = File(..., description="Image files (multipart/form-data).")):
+    async def predict_images(files: Annotated[list[UploadFile], File(description="Image files (multipart/form-data).")]):
         """Predict on uploaded image files (multipart), for image models."""
-        require_ready()
-        if kind != "image":
-            raise HTTPException(422, "this model does not take images; use POST /v1/predict with 'inputs' or 'tensors'")
+        p.require_ready()
+        if p.codec is None or not p.codec.accepts_files:
+            raise RequestError("this model does not take images; use POST /v1/predict with 'inputs' or 'tensors'")
         if not files or len(files) > settings.max_items:
-            raise HTTPException(422, f"files: send 1..{settings.max_items} images per request")
-        items = await decode_images([(await f.read(), f"files.{i}") for i, f in enumerate(files)])
-        outputs = await run_items(items)
-        metrics.items.inc(len(items))
-        return render(outputs, 1)
-
-    async def predict_tensors(tensors: dict):
-        spec = {t.name: t for t in m.io.inputs}
-        missing = sorted(set(spec) - set(tensors))
-        extra = sorted(set(tensors) - set(spec))
-        if missing or extra:
-            raise HTTPException(422, f"tensors: need exactly {sorted(spec)} (missing {missing}, unexpected {extra})")
-        feeds = {}
-        for name, t in spec.items():
-            try:
-                arr = np.asarray(tensors[name], dtype=np.dtype(t.dtype))
-            except (ValueError, TypeError, OverflowError):
-                raise HTTPException(422, f"tensors.{name}: not a rectangular {t.dtype} array") from None
-            if arr.ndim != len(t.shape) or any(isinstance(d, int) and d != s for d, s in zip(t.shape, arr.shape)) or arr.size == 0:
-                raise HTTPException(422, f"tensors.{name}: shape {list(arr.shape)} does not match {t.shape}")
-            if arr.shape[0] > settings.max_items:
-                raise HTTPException(422, f"tensors.{name}: batch {arr.shape[0]} over the limit of {settings.max_items}")
-            feeds[name] = arr
-        rt = state["rt"]
-        loop = asyncio.get_running_loop()
-        try:
-            outputs = await asyncio.wait_for(loop.run_in_executor(batcher._executor, rt.run, feeds), settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"prediction took longer than {settings.timeout_s:g} s") from None
-        except Exception as e:
-            raise HTTPException(422, f"tensors: the model rejected them ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
-        return {"model": art.name, "outputs": {n: o.tolist() for n, o in zip(rt.output_names, outputs)}}
+            raise RequestError(f"files: send 1..{settings.max_items} images per request")
+        items = await p.decode(p.codec.decode_files, [await f.read() for f in files])
+        return await p.predict(items, Options())
 
     @app.get("/v1/model")
     async def model_info():
         """Manifest summary: task, labels, precision, IO, lineage, target."""
-        return {
-            "name": art.name, "task": m.task, "format": m.format, "precision": m.model.get("precision", "fp32"),
-            "labels": m.labels, "target": settings.target or "host",
-            "inputs": [t.model_dump() for t in m.io.inputs], "outputs": [t.model_dump() for t in m.io.outputs],
-            "preprocessing": m.io.preprocessing.model_dump() if m.io.preprocessing else None,
-            "lineage": [{"stage": e.stage, "parent_hash": e.parent_hash} for e in m.lineage],
-            "metrics": {k: v for k, v in m.metrics.items() if k in ("eval", "numeric_check", "size_bytes", "test_accuracy")},
-            "limits": {"max_items": settings.max_items, "max_text_chars": settings.max_text_chars,
-                       "max_tokens": max_len, "max_body_bytes": settings.max_body_bytes, "timeout_s": settings.timeout_s},
-            "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
-        }
+        return _model_info(p.art, settings)
 
     @app.get("/healthz")
     async def healthz():
@@ -351,24 +383,59 @@ def create_app(settings: ServeSettings):
     @app.get("/readyz", responses={503: {"model": _Error}})
     async def readyz():
         """The model is loaded and warmed up."""
-        require_ready()
+        p.require_ready()
         return {"status": "ready"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prom():
         """Prometheus metrics."""
-        metrics.queue_depth.set(batcher.queued_items)
+        metrics.queue_depth.set(p.batcher.queued_items)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+
+def create_app(settings: ServeSettings, artifact: Artifact | None = None):
+    """The app for ``settings``. ``artifact``: the already loaded (verified) artifact; when None it is
+    loaded from ``settings.artifact`` here, which sha256-verifies every file."""
+    from .._optional import require
+
+    require("serve", purpose="serving")
+    from fastapi import FastAPI
+
+    from .metrics import ServeMetrics
+
+    art = artifact if artifact is not None else load_artifact(settings.artifact)
+    m = art.manifest
+    api_key = _api_key(settings)
+    metrics = ServeMetrics()
+    metrics.model_info.info({"name": art.name, "task": m.task, "format": m.format,
+                             "precision": str(_precision(m)), "target": str(settings.target or "host")})
+    in_flight = {"n": 0}  # requests in the HTTP layer: the batcher waits for company only when > 1
+    predictor = Predictor(art, settings, metrics, concurrency=lambda: in_flight["n"])
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await predictor.start()
+        yield
+        await predictor.stop()
+
+    app = FastAPI(title="edgeopt serve", version=m.edgeopt_version, lifespan=lifespan,
+                  description=f"Serving {art.name}: {m.task}, {m.format} {_precision(m)}.")
+    _install_guard(app, settings, api_key, metrics, in_flight)
+    _install_error_handlers(app)
+    _add_routes(app, predictor, settings, metrics)
     app.state.settings = settings
-    app.state.serve_state = state
+    app.state.serve_state = predictor.state
     app.state.metrics = metrics
+    app.state.predictor = predictor
     return app
 
 
 def app_from_env():
-    """Factory for `uvicorn --factory` / multi-worker serving: settings from EDGEOPT_SERVE_SETTINGS (JSON)."""
-    return create_app(ServeSettings.model_validate_json(os.environ["EDGEOPT_SERVE_SETTINGS"]))
+    """Factory for `uvicorn --factory` / multi-worker serving: settings from the environment
+    (``ServeSettings.from_env``). Verifies the artifact unless serve() in the parent already did."""
+    settings = ServeSettings.from_env()
+    verified = os.environ.get(VERIFIED_ENV) == settings.artifact
+    return create_app(settings, load_artifact(settings.artifact, verify=not verified))
 
 
 def check_bind(host: str, port: int) -> None:
@@ -398,20 +465,29 @@ def check_bind(host: str, port: int) -> None:
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          log_level: str = "info") -> None:
+          log_level: str = "info", artifact: Artifact | None = None) -> None:
+    """Run uvicorn. ``artifact``: the already loaded (verified) artifact; when None it is loaded
+    (verified) here, before the port is bound, so a bad artifact fails fast."""
     import signal
 
+    from .._optional import require
+
+    require("serve", purpose="serving")
     import uvicorn
 
-    load_artifact(settings.artifact)  # fail fast on a bad path, before binding the port
+    art = artifact if artifact is not None else load_artifact(settings.artifact)
     check_bind(host, port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
     # there before it; a no-op one makes a graceful stop exit 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if workers > 1:
-        os.environ["EDGEOPT_SERVE_SETTINGS"] = settings.model_dump_json()
+        # each worker process builds its own app (app_from_env); hashing every file once per worker
+        # would only repeat what was just done here, so tell them which path is verified
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        if Path(settings.artifact).expanduser().resolve() == art.path.resolve():
+            os.environ[VERIFIED_ENV] = settings.artifact
         uvicorn.run("edgeopt.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, timeout_graceful_shutdown=settings.timeout_s)
     else:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
+        uvicorn.run(create_app(settings, art), host=host, port=port, log_level=log_level,
                     timeout_graceful_shutdown=settings.timeout_s)

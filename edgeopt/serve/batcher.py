@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,15 +28,15 @@ class MicroBatcher:
     """``infer(items) -> list[np.ndarray]`` runs on one worker thread; outputs are split per caller."""
 
     def __init__(self, infer: Callable[[Sequence[Any]], list[np.ndarray]], max_batch: int = 16,
-                 max_wait_ms: float = 5.0, on_batch: Optional[Callable[[int], None]] = None,
-                 concurrency: Optional[Callable[[], int]] = None):
+                 max_wait_ms: float = 5.0, on_batch: Callable[[int], None] | None = None,
+                 concurrency: Callable[[], int] | None = None):
         self.infer = infer
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.on_batch = on_batch
         self.concurrency = concurrency  # e.g. requests in flight at the HTTP layer
-        self._queue: Optional[asyncio.Queue] = None
-        self._task: Optional[asyncio.Task] = None
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeopt-infer")
         self.queued_items = 0
         self._last_requests = 0
@@ -52,6 +53,11 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self._executor.shutdown(wait=True)
+
+    async def run_alone(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the inference thread between batches, outside any batch (a caller
+        that made its own batch); sharing the thread keeps one model call at a time."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def submit(self, items: Sequence[Any]) -> list[np.ndarray]:
         """Queue ``items``; resolve to the outputs for exactly these items, in order."""
@@ -96,7 +102,7 @@ class MicroBatcher:
                 self.on_batch(len(items))
             try:
                 outputs = await loop.run_in_executor(self._executor, self.infer, items)
-            except Exception as e:  # one bad batch fails its callers, not the server
+            except Exception as e:  # noqa: BLE001  one bad batch fails its callers, not the server
                 for job, _, _ in batch:
                     if not job.future.done():
                         job.future.set_exception(e)
