@@ -65,8 +65,8 @@ def test_bfloat16_checkpoint_exports_in_float32(tmp_path, bf16_bert):
     assert json.loads((bf16_bert / "config.json").read_text())["dtype"] == "bfloat16"
     art = export(bf16_bert, tmp_path / "onnx", ExportConfig(check_samples=8))
     m = art.manifest.model
-    assert (m["source_dtype"], m["dtype"], m["precision"]) == ("bfloat16", "float32", "fp32")
-    assert m["optimization"]["level"] == "transformer-fusion"
+    assert (m.source_dtype, m.dtype, m.precision) == ("bfloat16", "float32", "fp32")
+    assert m.optimization["level"] == "transformer-fusion"
     assert _initializer_types(art) == {"FLOAT"}
     assert art.manifest.metrics["numeric_check"]["outputs"]["logits"]["within_tolerance"]
 

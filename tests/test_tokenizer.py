@@ -10,14 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _support import REPO, minilm_dir
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+
 from edgeopt.errors import InputError
 from edgeopt.models.tokenizer import TextTokenizer, save_tokenizer
 
 transformers = pytest.importorskip("transformers")
-
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 
 DATA = REPO / "examples" / "product-classifier" / "data"
 EXAMPLE_TEXTS = [json.loads(line)["text"] for f in sorted(DATA.glob("*.jsonl")) for line in f.read_text().splitlines() if line.strip()]
@@ -194,14 +203,34 @@ def _handwritten(d: Path) -> Path:
     return d
 
 
+def _v4_config(d: Path) -> Path:
+    """MiniLM's tokenizer.json with a config as transformers 4 writes it (added_tokens_decoder), plus
+    tokens that are in neither the vocabulary nor tokenizer.json: an added token, an extra special
+    token and a model-specific one ("image_token"); transformers appends them to the vocabulary."""
+    d.mkdir()
+    shutil.copy(minilm_dir() / "tokenizer.json", d / "tokenizer.json")
+    cfg = json.loads((minilm_dir() / "tokenizer_config.json").read_text())
+    plain = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    cfg["added_tokens_decoder"] = {
+        "0": {"content": "[PAD]", **plain, "special": True}, "100": {"content": "[UNK]", **plain, "special": True},
+        "101": {"content": "[CLS]", **plain, "special": True}, "102": {"content": "[SEP]", **plain, "special": True},
+        "103": {"content": "[MASK]", **plain, "special": True},
+        "30522": {"content": "<ent>", **plain, "special": False}}
+    cfg.update(additional_special_tokens=["<sep2>"], image_token="<img>", tokenizer_class="PreTrainedTokenizerFast")
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return d
+
+
 FAMILIES = {
+    "v4-config-added-tokens": _v4_config,
     "bpe-roberta": lambda d: _bpe_roberta(d, "right"),
     "bpe-roberta-left": lambda d: _bpe_roberta(d, "left"),
     "unigram-xlmr-left": _unigram_xlmr,
     "wordpiece-cased": _wordpiece_cased,
     "handwritten-json": _handwritten,
 }
-FAMILY_TEXTS = TRICKY + EXAMPLE_TEXTS[:40] + ["hellos, world! [CLS] hello [SEP] [MASK]world", "<s>hi</s> <mask> there<pad>"]
+FAMILY_TEXTS = TRICKY + EXAMPLE_TEXTS[:40] + ["hellos, world! [CLS] hello [SEP] [MASK]world", "<s>hi</s> <mask> there<pad>",
+                                              "an <ent>entity</ent> <img> and<sep2>more"]
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -225,12 +254,12 @@ def test_family_pipeline_and_settings(family):
     assert (ours.pad_token, ours.pad_token_id, ours.padding_side, ours.truncation_side) == \
         (ref.pad_token, ref.pad_token_id, ref.padding_side, ref.truncation_side)
     expected = {"bpe-roberta": (1, "right"), "bpe-roberta-left": (1, "left"), "unigram-xlmr-left": (1, "left"),
-                "wordpiece-cased": (4, "right"), "handwritten-json": (6, "left")}[name]
+                "wordpiece-cased": (4, "right"), "handwritten-json": (6, "left"), "v4-config-added-tokens": (0, "right")}[name]
     assert (ours.pad_token_id, ours.padding_side) == expected
 
 
 def test_left_padding_pads_on_the_left(family):
-    name, _, ours = family
+    _, _, ours = family
     enc = ours(["a", "a b c a b c a b c"], max_length=64)
     if ours.padding_side == "left":
         assert enc["attention_mask"][0, 0] == 0 and enc["attention_mask"][0, -1] == 1
@@ -345,8 +374,8 @@ def test_preprocessor_matches_transformers(tmp_path):
     art = adopt_hf_folder(minilm_dir())
     pre = Preprocessor(art)
     ref = transformers.AutoTokenizer.from_pretrained(minilm_dir())
-    for seq_len, kw in ((None, dict(padding="longest", max_length=art.manifest.io.preprocessing.max_length)),
-                        (32, dict(padding="max_length", max_length=32))):
+    for seq_len, kw in ((None, {"padding": "longest", "max_length": art.manifest.io.preprocessing.max_length}),
+                        (32, {"padding": "max_length", "max_length": 32})):
         got = pre(TRICKY, seq_len=seq_len)
         want = ref(TRICKY, truncation=True, return_tensors="np", **kw)
         assert list(got) == pre.input_names
@@ -400,7 +429,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "
 
 
 def test_serving_side_loads_neither_torch_nor_transformers():
-    proc = subprocess.run([sys.executable, "-c", LEAN_SCRIPT, str(minilm_dir())], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", LEAN_SCRIPT, str(minilm_dir())], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
@@ -408,6 +437,6 @@ def test_serving_side_loads_neither_torch_nor_transformers():
 def test_lean_probe_can_fail():
     """The probe sees transformers when something does import it."""
     script = LEAN_SCRIPT.replace("import numpy as np", "import numpy as np\nimport transformers")
-    proc = subprocess.run([sys.executable, "-c", script, str(minilm_dir())], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script, str(minilm_dir())], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "transformers" in json.loads(proc.stdout.strip().splitlines()[-1])

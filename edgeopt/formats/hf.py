@@ -15,7 +15,7 @@ class HfModel(ModelInfo):
     pooling: Optional[Literal["mean", "cls"]] = None  # feature-extraction: how token states become one embedding
     normalize: bool = False  # feature-extraction: L2-normalised embeddings (sentence-transformers' Normalize)
     resized: bool = False  # structurally pruned: layers are smaller than config.json says
-    attention_heads: Optional[list[int]] = None  # heads kept per layer after head pruning
+    attention_heads: Optional[int] = None  # heads kept in every layer after head pruning
     adapter: Optional[str] = None  # folder of the LoRA adapter a finetune also kept
 
 

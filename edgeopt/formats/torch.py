@@ -18,7 +18,7 @@ class TorchModel(ModelInfo):
     weights: str = "weights.safetensors"
     source: Optional[str] = None  # the factory's source file inside the artifact, if any
     resized: bool = False
-    attention_heads: Optional[list[int]] = None
+    attention_heads: Optional[int] = None
 
 
 class TorchHandler(FormatHandler):

@@ -99,12 +99,12 @@ def save_module(parent: Artifact, wrapper, out, *, stage: str, config: dict, met
     pm = parent.manifest
     try:
         if pm.format == "hf":
-            from ..models.hf import load_tokenizer
+            from ..models.tokenizer import save_tokenizer, tokenizer_folder
 
             with write_artifact(out, parent) as tmp:
                 wrapper.model.save_pretrained(tmp, safe_serialization=True)
                 if pm.io.preprocessing is not None and pm.io.preprocessing.kind == "text":
-                    load_tokenizer(parent).save_pretrained(tmp)
+                    save_tokenizer(tokenizer_folder(parent), tmp)
                     io = pm.io.model_copy(deep=True)
                     io.preprocessing.tokenizer = "."
                 elif (parent.path / "preprocessor_config.json").is_file():

@@ -99,7 +99,9 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
         else:
             optimization = _optimize(raw, onnx_file, parent, cfg) if cfg.optimize else _copy_model(raw, onnx_file)
         if isinstance(pm.io.preprocessing, TextPreprocessing):
-            pre._tokenizer.save_pretrained(tmp / "tokenizer")
+            from ..models.tokenizer import save_tokenizer, tokenizer_folder
+
+            save_tokenizer(tokenizer_folder(parent), tmp / "tokenizer")  # tokenizer.json: serve needs no transformers
             io.preprocessing = TextPreprocessing(tokenizer="tokenizer", max_length=pm.io.preprocessing.max_length,
                                                  padding=pm.io.preprocessing.padding)
 

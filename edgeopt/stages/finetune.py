@@ -81,6 +81,7 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
     from transformers import AutoModelForSequenceClassification
 
     from ..models.hf import adopt_hf_folder, load_tokenizer
+    from ..models.tokenizer import save_tokenizer, tokenizer_folder
     from ..train import TrainSettings, cross_entropy_loss, fit, seed_everything
 
     transformers.logging.set_verbosity_error()
@@ -127,7 +128,7 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
         if test is not None:
             metrics["test_accuracy"] = accuracy(merged, test)
         merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_tokenizer(tokenizer_folder(base), tmp)
         adopted = adopt_hf_folder(tmp)
         manifest = base.manifest.child(stage="finetune", config=cfg.model_dump(), format="hf", task="text-classification",
                                        labels=labels, io=adopted.manifest.io, model={"pooling": None, "adapter": "adapter" if cfg.lora else None})

@@ -104,7 +104,8 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
 
     from ..data import load_dataset
     from ..metrics import numeric_agreement, predict, sample_dataset
-    from ..models.hf import _wrap, adopt_hf_folder, load_tokenizer
+    from ..models.hf import _wrap, adopt_hf_folder
+    from ..models.tokenizer import save_tokenizer, tokenizer_folder
     from ..models.preprocess import Preprocessor
     from ..runtime.torch import TorchRuntime
 
@@ -162,7 +163,7 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
 
     with write_artifact(out, parent, cfg) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        load_tokenizer(parent).save_pretrained(tmp)
+        save_tokenizer(tokenizer_folder(parent), tmp)
         adopted = adopt_hf_folder(tmp, task=task)
         manifest = pm.child(stage="merge", config={**cfg.model_dump(), "adapter_config": acfg},
                             format="hf", task=task, labels=adopted.manifest.labels,
