@@ -32,7 +32,7 @@ SENTENCES_FOR_SERVE = [
     "👩‍👩‍👧 family pack 👍🏽 of socks 🧦",
     "无线蓝牙耳机，降噪，续航三十小时。",
     "ok",
-    "Stainless steel chef's knife " * 300,
+    "Stainless steel chef's knife " * 130,  # ~3,800 characters: under the server's 4,096, far over 128 tokens
 ]
 
 HEAVY = ("torch", "transformers", "peft", "onnx", "fastapi", "uvicorn", "matplotlib", "sklearn", "PIL")
@@ -81,7 +81,7 @@ def serve_env(tmp_path_factory) -> Venv:
 
 def _importable(venv: Venv, modules) -> list[str]:
     code = f"import importlib.util as u; print([m for m in {tuple(modules)!r} if u.find_spec(m)])"
-    out = subprocess.run([venv.python, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([venv.python, "-c", code], capture_output=True, text=True, check=True, cwd=venv.root).stdout
     return eval(out)  # a list literal of module names
 
 
@@ -172,7 +172,8 @@ def test_serve_layer_is_small_and_has_no_torch(serve_env):
     assert _size_mb(serve_env.site_packages()) <= 300
     code = ("import sys, edgeopt.serve, edgeopt.serve.app, edgeopt.cli.main\n"
             "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')])")
-    out = subprocess.run([serve_env.python, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([serve_env.python, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=serve_env.root).stdout  # not the checkout: its edgeopt/ would shadow the install
     assert out.strip() == "[]"
 
 
