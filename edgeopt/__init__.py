@@ -10,6 +10,7 @@ from typing import Any
 from ._version import __version__
 from .errors import (ConfigError, EdgeoptError, InputError, MissingDependencyError, StageError, TargetError,
                      ValidationError)
+from .stages.registry import STAGES as _STAGES  # the table only: no stage module is imported
 
 # Stage functions and their configs (edgeopt.export, edgeopt.ExportConfig, ...) come from the
 # stage registry, the one list of stages; the rest of the public API is listed here.
@@ -28,19 +29,15 @@ _LAZY = {
 
 
 def _stage_api() -> dict[str, tuple[str, str]]:
-    from .stages.registry import STAGES
-
     api = {}
-    for spec in STAGES.values():
+    for spec in _STAGES.values():
         api[spec.kind] = (spec.module, spec.function_name)
         api[spec.config_name] = (spec.module, spec.config_name)
     return api
 
 
-_STAGE_NAMES = ("finetune", "merge", "prune", "distill", "qat", "export", "quantize", "bench", "FinetuneConfig",
-                "MergeConfig", "PruneConfig", "DistillConfig", "QATConfig", "ExportConfig", "QuantizeConfig", "BenchConfig")
 __all__ = ["__version__", "EdgeoptError", "ConfigError", "InputError", "StageError", "TargetError", "ValidationError",
-           "MissingDependencyError", *_LAZY, *_STAGE_NAMES]
+           "MissingDependencyError", *_LAZY, *_stage_api()]
 
 
 def __getattr__(name: str) -> Any:
