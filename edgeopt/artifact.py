@@ -21,7 +21,7 @@ from .formats import AnyModel
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-Format = Literal["hf", "torch", "onnx", "trt"]
+Format = str  # a name in edgeopt.formats.HANDLERS
 TASKS = ("text-classification", "feature-extraction", "image-classification")
 
 
@@ -81,6 +81,11 @@ class Manifest(BaseModel):
         """``model`` carries its format (the discriminator); manifests written before it did, and
         callers that give the format once at the top, get it filled in from ``format``."""
         if isinstance(data, dict) and "format" in data:
+            from .formats import HANDLERS
+
+            if data["format"] not in HANDLERS:
+                raise ValueError(f"format '{data['format']}' is not supported by this edgeopt; known formats: "
+                                 f"{', '.join(HANDLERS)}")
             model = data.get("model")
             if model is None:
                 model = {}
@@ -156,8 +161,14 @@ def load_artifact(path: Union[str, Path], verify: bool = True) -> Artifact:
     if mf.is_file():
         try:
             manifest = Manifest.model_validate_json(mf.read_text())
-        except Exception as e:  # pydantic / json errors: show the first line only
-            first = str(e).splitlines()[0]
+        except Exception as e:  # pydantic / json errors: name the first bad field
+            errors = getattr(e, "errors", None)
+            if callable(errors) and errors():
+                err = errors()[0]
+                where = ".".join(str(x) for x in err.get("loc", ()))
+                first = f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
+            else:
+                first = str(e).splitlines()[0]
             raise InputError(f"{mf}: not a valid edgeopt manifest ({first}); re-create the artifact") from e
         art = Artifact(p, manifest)
         if verify:

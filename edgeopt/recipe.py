@@ -254,12 +254,16 @@ def run_recipe(recipe: Union[Recipe, str, Path], force: bool = False,
     # Every output is checked before any stage runs: the workdir is new, empty or an earlier run's,
     # and each stage's folder in it is new or edgeopt's own.
     model_path = resolve_model_ref(r.model, r.path.parent) if r.model is not None else None
+    from ._optional import require
+
     for entry in r.stages:  # a missing extra stops here, before minutes of earlier stages
         STAGES[entry.kind].check_installed()
         if entry.kind == "bench":
-            from ._optional import require
-
             require("report", purpose="the bench stage's plot (report.png)")
+        for k in PATH_FIELDS:
+            ref = getattr(entry.config, k, None)
+            if isinstance(ref, str) and ref.startswith("sklearn:"):
+                require("demo", purpose=f"the {ref} dataset (stage {entry.name})", modules=("sklearn",))
     check_output(r.workdir, model_path, r.path, kind="workdir")
     for entry in r.stages:
         check_output(r.workdir / entry.name, model_path, entry.config, kind="report-dir" if entry.kind == "bench" else "artifact")

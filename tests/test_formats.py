@@ -79,3 +79,19 @@ def test_inspect_prints_the_handlers_description(cls_onnx):
     res = CliRunner().invoke(app, ["inspect", str(cls_onnx.path)])
     assert res.exit_code == 0, res.output
     assert "opset: 17" in res.output and "file: model.onnx" in res.output
+
+
+def test_older_manifest_values_still_load():
+    m = Manifest.model_validate({"format": "hf", "task": "feature-extraction", "io": IO.model_dump(),
+                                 "model": {"pooling": "mean", "normalize": None, "attention_heads": 2}})
+    assert m.model.normalize is False and m.model.attention_heads == 2
+
+
+def test_unsupported_format_in_a_manifest_is_one_clear_line(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "trt", "task": "t", "io": IO.model_dump(), "model": {}}))
+    with pytest.raises(InputError, match="format 'trt' is not supported by this edgeopt; known formats: hf, torch, onnx"):
+        load_artifact(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "onnx", "task": "t", "io": IO.model_dump(),
+                                                         "model": {"opset": "x"}}))
+    with pytest.raises(InputError, match=r"not a valid edgeopt manifest \(model\.onnx\.opset: "):
+        load_artifact(tmp_path)

@@ -167,6 +167,30 @@ def test_python_api_in_the_core_raises_missing_dependency(core, tmp_path, tiny_t
     assert not (tmp_path / "out").exists()
 
 
+def test_onnx_runtime_load_errors_explain_without_onnx(core, tmp_path):
+    """Explaining why ONNX Runtime refused a model reads the graph with onnx when it is there; in
+    the core (no onnx) the error is still one line naming the op, not an ImportError."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"], name="add0")], "g", [x], [y])
+    path = tmp_path / "bf16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    code = ("from edgeopt.runtime.onnxruntime import open_session\nfrom edgeopt.errors import InputError\n"
+            f"try:\n    open_session({str(path)!r})\nexcept InputError as e:\n    print(e)\n")
+    proc = subprocess.run([core.python, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot load the model" in proc.stdout and "Add" in proc.stdout
+
+
+def test_serving_a_pytorch_artifact_without_train_names_the_extra(serve_env, tmp_path, tiny_text_classifier):
+    proc = serve_env.run("serve", str(tiny_text_classifier), "--port", str(_free_port()), cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "pip install 'edgeopt[train]'" in proc.stderr and "serving" not in proc.stderr
+
+
 def test_serve_layer_is_small_and_has_no_torch(serve_env):
     assert _importable(serve_env, ("torch", "transformers", "matplotlib", "sklearn", "onnx")) == []
     assert _size_mb(serve_env.site_packages()) <= 300

@@ -65,3 +65,27 @@ def test_a_missing_extra_stops_a_stage_before_it_runs(monkeypatch, tmp_path, tin
         edgeopt.prune(tiny_text_classifier, tmp_path / "out", edgeopt.PruneConfig(sparsity=0.5))
     assert not (tmp_path / "out").exists()
     assert registry.get_stage("quantize").requires == {"train": ("onnx",)}
+
+
+def test_config_versions_other_than_the_current_one_are_refused():
+    with pytest.raises(Exception, match="version 2 is not one this edgeopt knows"):
+        edgeopt.ExportConfig(version=2)
+    assert edgeopt.ExportConfig(version=1).version == 1
+
+
+def test_a_recipe_checks_data_extras_before_the_first_stage(monkeypatch, tmp_path, digits_torch):
+    """A later stage's sklearn: data needs scikit-learn ([demo]): the run stops before any stage."""
+    from edgeopt import _optional
+    from edgeopt.recipe import load_recipe, run_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nmodel: {digits_torch}\nworkdir: {tmp_path / 'w'}\nstages:\n"
+                      "  - {name: onnx, kind: export}\n"
+                      "  - {name: int8, kind: quantize, ptq: static, calib: 'sklearn:digits:train'}\n")
+    r = load_recipe(recipe)
+    real = _optional.installed
+    monkeypatch.setattr(_optional, "installed", lambda m: False if m == "sklearn" else real(m))
+    with pytest.raises(MissingDependencyError, match=r"scikit-learn is not installed \(needed for the sklearn:digits:train "
+                                                     r"dataset \(stage int8\)\); install with: pip install 'edgeopt\[demo\]'"):
+        run_recipe(r)
+    assert not (tmp_path / "w").exists()

@@ -386,7 +386,11 @@ def serve(
                                                      envvar="EDGEOPT_TARGET")] = None,
     max_items: Annotated[int, typer.Option(help="Inputs per request.", envvar="EDGEOPT_MAX_ITEMS")] = 64,
     max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.", envvar="EDGEOPT_MAX_BODY_MB")] = 8.0,
-    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds (504 beyond).", envvar="EDGEOPT_TIMEOUT")] = 30.0,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds (504 beyond).", envvar="EDGEOPT_TIMEOUT_S")] = 30.0,
+    max_text_chars: Annotated[int, typer.Option(help="Characters per text (422 beyond; tokens past the model's maximum are truncated).",
+                                                envvar="EDGEOPT_MAX_TEXT_CHARS")] = 4096,
+    max_image_pixels: Annotated[int, typer.Option(help="Pixels per image, read from its header before decoding (422 beyond).",
+                                                  envvar="EDGEOPT_MAX_IMAGE_PIXELS")] = 4096 * 4096,
 ):
     """Serve an artifact over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics.
 
@@ -401,13 +405,17 @@ def serve(
     target = _v(target)
     settings = make_config(ServeSettings, artifact=str(_model_path(artifact)), max_batch=max_batch, max_wait_ms=max_wait_ms,
                            api_key_env=api_key_env, threads=threads, target=target, max_items=max_items,
-                           max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout)
+                           max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout,
+                           max_text_chars=max_text_chars, max_image_pixels=max_image_pixels)
     if api_key_env and not os.environ.get(api_key_env):
         raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; export it with the key")
     from ..artifact import load_artifact
     from ..serve.app import check_bind
 
+    from ..formats import handler_for
+
     art = load_artifact(settings.artifact)  # verified once; a bad path is one line, before any banner
+    handler_for(art).check_runtime_installed(art)  # hf/torch artifacts need [train]: say so before listening
     check_bind(host, port)  # a port in use is one error line too
     err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
     run(settings, host=host, port=port, workers=workers, artifact=art)

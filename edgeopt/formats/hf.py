@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
+from pydantic import field_validator
+
 from .base import FormatHandler, ModelInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,6 +19,11 @@ class HfModel(ModelInfo):
     resized: bool = False  # structurally pruned: layers are smaller than config.json says
     attention_heads: Optional[int] = None  # heads kept in every layer after head pruning
     adapter: Optional[str] = None  # folder of the LoRA adapter a finetune also kept
+
+    @field_validator("normalize", "resized", mode="before")
+    @classmethod
+    def _none_is_false(cls, v):  # merges before typed formats wrote "normalize": null
+        return False if v is None else v
 
 
 class HfHandler(FormatHandler):

@@ -120,6 +120,9 @@ def save_torch_artifact(
     extra_model: Optional[dict[str, Any]] = None,
 ) -> Artifact:
     """Write a torch-format artifact: weights in safetensors, the factory (and its source file) recorded."""
+    from .._optional import require
+
+    require("train", purpose="saving a PyTorch artifact", modules=("torch", "safetensors"))
     from safetensors.torch import save_file
 
     model: dict[str, Any] = {"factory": factory, "kwargs": kwargs or {}, "weights": WEIGHTS, **(extra_model or {})}

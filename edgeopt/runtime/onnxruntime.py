@@ -61,8 +61,12 @@ def load_error(path: Path, e: Exception) -> InputError:
 
 
 def _node_input_types(path: Path, node_name: str) -> list[str]:
-    """Element types of a node's inputs, from the graph and ONNX shape inference; [] if unknown."""
-    import onnx
+    """Element types of a node's inputs, from the graph and ONNX shape inference; [] if unknown
+    (also when the onnx package, an extra, is not installed)."""
+    try:
+        import onnx
+    except ImportError:
+        return []
 
     try:
         model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))

@@ -38,6 +38,7 @@ FIELDS = ("inputs", "images", "tensors")  # PredictRequest's input fields, in th
 
 ENV_PREFIX = "EDGEOPT_"  # ServeSettings.from_env: EDGEOPT_<FIELD>, e.g. EDGEOPT_MAX_BATCH
 SETTINGS_ENV = "EDGEOPT_SERVE_SETTINGS"  # all settings as one JSON object (what `serve --workers N` passes on)
+BODY_MB_ENV = "EDGEOPT_MAX_BODY_MB"  # also read: `edgeopt serve --max-body-mb` takes megabytes
 # Set by serve() for its worker processes: the artifact path the parent already sha256-verified.
 VERIFIED_ENV = "EDGEOPT_SERVE_VERIFIED"
 
@@ -75,6 +76,11 @@ class ServeSettings(BaseModel):
         names = cls.env_vars()
         # strings as pydantic's lax mode takes them ("16" -> 16); the field constraints still apply
         values = {f: env[v].strip() for f, v in names.items() if env.get(v, "").strip()}
+        if "max_body_bytes" not in values and env.get(BODY_MB_ENV, "").strip():  # the name `edgeopt serve` reads
+            try:
+                values["max_body_bytes"] = str(int(float(env[BODY_MB_ENV]) * 1024 * 1024))
+            except ValueError:
+                raise ConfigError(f"{BODY_MB_ENV}={env[BODY_MB_ENV]!r}: give a number of megabytes, e.g. 8") from None
         try:
             return cls(**values)
         except ValidationError as e:
@@ -401,9 +407,12 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
     require("serve", purpose="serving")
     from fastapi import FastAPI
 
+    from ..formats import handler_for
+
     from .metrics import ServeMetrics
 
     art = artifact if artifact is not None else load_artifact(settings.artifact)
+    handler_for(art).check_runtime_installed(art)  # before the server listens, not in the loader thread
     m = art.manifest
     api_key = _api_key(settings)
     metrics = ServeMetrics()

@@ -172,7 +172,8 @@ def _finetune_factory(out, cfg: FinetuneConfig) -> Artifact:
     img = cfg.image
     io = IOSpec(inputs=[TensorSpec(name="pixel_values", dtype="float32", shape=["batch", img.channels, *img.size])],
                 outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", len(labels)])], preprocessing=img)
-    pre = Preprocessor(Artifact(Path("."), Manifest(format="torch", task="image-classification", labels=labels, io=io)))
+    pre = Preprocessor(Artifact(Path("."), Manifest(format="torch", task="image-classification", labels=labels, io=io,
+                                                   model={"factory": cfg.factory})))
 
     def collate(images):
         return (torch.from_numpy(pre.image(np.stack(images))),)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..errors import ConfigError
 
@@ -22,6 +22,15 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     version: int = 1
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        current = cls.model_fields["version"].default
+        if v != current:
+            raise ValueError(f"version {v} is not one this edgeopt knows; it writes and reads version {current} "
+                             "(drop the key, or upgrade edgeopt)")
+        return v
 
 
 @dataclass(frozen=True)
