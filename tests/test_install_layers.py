@@ -177,7 +177,7 @@ def test_onnx_runtime_load_errors_explain_without_onnx(core, tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2])
     graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"], name="add0")], "g", [x], [y])
     path = tmp_path / "bf16.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     code = ("from edgeopt.runtime.onnxruntime import open_session\nfrom edgeopt.errors import InputError\n"
             f"try:\n    open_session({str(path)!r})\nexcept InputError as e:\n    print(e)\n")
     proc = subprocess.run([core.python, "-c", code], capture_output=True, text=True, cwd=tmp_path)
