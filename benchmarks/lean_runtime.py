@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from _procs import stop_process  # benchmarks/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "examples" / "product-classifier" / "data" / "test.jsonl"
 
@@ -315,13 +317,7 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout} s; log {self.log_path}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

@@ -119,11 +119,7 @@ def write_outputs(report: BenchReport, json_path: Optional[Path] = None, md_path
     A path that exists is replaced only if edgeopt wrote it (see edgeopt.outputs)."""
     from ..outputs import write_file_atomic
 
-    check_report_paths(json_path, md_path, inputs)
-    if md_path:
-        from .._optional import require
-
-        require("report", purpose="the report's plot")
+    check_report_paths(json_path, md_path, inputs)  # also checks that [report] is installed for the plot
     written = {}
     if json_path:
         written["json"] = write_file_atomic(json_path, lambda t: t.write_text(report.model_dump_json(indent=2)), *inputs)

@@ -101,11 +101,6 @@ def _first_error(e: ValidationError) -> str:
     return f"{loc}: {err['msg']}" if loc else err["msg"]
 
 
-def _precision(manifest: Manifest) -> Any:
-    """The one place serve reads the model's precision."""
-    return manifest.model.precision
-
-
 class _Error(BaseModel):
     error: str
 
@@ -326,7 +321,7 @@ def _model_info(art: Artifact, settings: ServeSettings) -> dict:
     m = art.manifest
     pre = m.io.preprocessing
     return {
-        "name": art.name, "task": m.task, "format": m.format, "precision": _precision(m),
+        "name": art.name, "task": m.task, "format": m.format, "precision": m.model.precision,
         "labels": m.labels, "target": settings.target or "host",
         "inputs": [t.model_dump() for t in m.io.inputs], "outputs": [t.model_dump() for t in m.io.outputs],
         "preprocessing": pre.model_dump() if pre else None,
@@ -417,7 +412,7 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
     api_key = _api_key(settings)
     metrics = ServeMetrics()
     metrics.model_info.info({"name": art.name, "task": m.task, "format": m.format,
-                             "precision": str(_precision(m)), "target": str(settings.target or "host")})
+                             "precision": m.model.precision, "target": str(settings.target or "host")})
     in_flight = {"n": 0}  # requests in the HTTP layer: the batcher waits for company only when > 1
     predictor = Predictor(art, settings, metrics, concurrency=lambda: in_flight["n"])
 
@@ -428,7 +423,7 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
         await predictor.stop()
 
     app = FastAPI(title="edgeopt serve", version=m.edgeopt_version, lifespan=lifespan,
-                  description=f"Serving {art.name}: {m.task}, {m.format} {_precision(m)}.")
+                  description=f"Serving {art.name}: {m.task}, {m.format} {m.model.precision}.")
     _install_guard(app, settings, api_key, metrics, in_flight)
     _install_error_handlers(app)
     _add_routes(app, predictor, settings, metrics)
