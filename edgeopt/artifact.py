@@ -166,7 +166,8 @@ def load_artifact(path: Union[str, Path], verify: bool = True) -> Artifact:
             if callable(errors) and errors():
                 err = errors()[0]
                 where = ".".join(str(x) for x in err.get("loc", ()))
-                first = f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
+                msg = str(err.get("msg")).removeprefix("Value error, ")
+                first = f"{where}: {msg}" if where else msg
             else:
                 first = str(e).splitlines()[0]
             raise InputError(f"{mf}: not a valid edgeopt manifest ({first}); re-create the artifact") from e

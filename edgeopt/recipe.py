@@ -144,7 +144,7 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
         except PydanticValidationError as e:
             for err in e.errors():
                 loc = ".".join(str(x) for x in err["loc"]) or "(stage)"
-                errors.append(f"{where}.{loc}: {err['msg']}")
+                errors.append(f"{where}.{loc}: {err['msg'].removeprefix('Value error, ')}")
         inp = raw.get("input")
         if inp is not None and inp not in seen and inp != "model":
             errors.append(f"{where}.input: '{inp}' is not an earlier stage; use one of: {', '.join(['model', *seen]) or 'model'}")

@@ -153,3 +153,25 @@ def test_serve_reports_a_port_in_use(cls_onnx):
 def test_serve_rejects_an_unknown_host(cls_onnx):
     line = one_error_line(cli("serve", cls_onnx.path, "--host", "no-such-host.invalid", "--port", "8765", timeout=60))
     assert "--host" in line
+
+
+def test_serve_limits_are_named_by_their_option_or_variable(cls_onnx, tmp_path):
+    """A bad limit names the option the user typed (or its environment variable), never an internal
+    field such as timeout_s or a limit in bytes the user did not give."""
+    line = one_error_line(cli("serve", cls_onnx.path, "--timeout", "0", cwd=tmp_path))
+    assert line.startswith("error: --timeout: ") and "greater than 0" in line
+    line = one_error_line(cli("serve", cls_onnx.path, cwd=tmp_path, env={"EDGEOPT_TIMEOUT_S": "-1"}))
+    assert line.startswith("error: --timeout: ")
+    line = one_error_line(cli("serve", cls_onnx.path, "--max-body-mb", "0", cwd=tmp_path))
+    assert "'--max-body-mb'" in line and "0.001" in line
+    line = one_error_line(cli("serve", cls_onnx.path, cwd=tmp_path, env={"EDGEOPT_MAX_BATCH": "many"}))
+    assert "EDGEOPT_MAX_BATCH" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validator_messages_carry_no_pydantic_prefix(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nstages:\n  - {name: a, kind: export, version: 7}\n")
+    proc = cli("run", "--validate", recipe, cwd=tmp_path)
+    assert proc.returncode == 2 and "version 7 is not one this edgeopt knows" in proc.stderr
+    assert "Value error" not in proc.stderr

@@ -93,15 +93,18 @@ ValDataOpt = Annotated[Optional[str], typer.Option("--val-data", help="Labelled 
 EvalDataOpt = Annotated[Optional[str], typer.Option("--eval-data", help="Labelled test data: accuracy before/after is recorded.")]
 
 
-def make_config(cls, **kwargs: Any):
-    """Build a typed config; pydantic errors become one ConfigError naming the option."""
+def make_config(cls, options: Optional[dict[str, str]] = None, **kwargs: Any):
+    """Build a typed config; pydantic errors become one ConfigError naming the option (``options``:
+    field -> option, where a field's option is spelled otherwise, e.g. timeout_s -> --timeout)."""
     try:
         return cls(**{k: v for k, v in kwargs.items() if v is not None})
     except PydanticValidationError as e:
         parts = []
         for err in e.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"--{'-'.join(str(x) for x in err['loc']).replace('_', '-')}: {msg}" if err["loc"] else msg)
+            field = "-".join(str(x) for x in err["loc"])
+            option = (options or {}).get(field) or f"--{field.replace('_', '-')}"
+            parts.append(f"{option}: {msg}" if err["loc"] else msg)
         raise ConfigError("; ".join(parts)) from e
 
 
@@ -385,7 +388,7 @@ def serve(
     target: Annotated[Optional[Target], typer.Option("--target", "-t", help="Deployment target (default: this host).",
                                                      envvar="EDGEOPT_TARGET")] = None,
     max_items: Annotated[int, typer.Option(help="Inputs per request.", envvar="EDGEOPT_MAX_ITEMS")] = 64,
-    max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.", envvar="EDGEOPT_MAX_BODY_MB")] = 8.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Request body limit in MB.", envvar="EDGEOPT_MAX_BODY_MB")] = 8.0,
     timeout: Annotated[float, typer.Option(help="Per-request timeout in seconds (504 beyond).", envvar="EDGEOPT_TIMEOUT_S")] = 30.0,
     max_text_chars: Annotated[int, typer.Option(help="Characters per text (422 beyond; tokens past the model's maximum are truncated).",
                                                 envvar="EDGEOPT_MAX_TEXT_CHARS")] = 4096,
@@ -403,7 +406,8 @@ def serve(
     from ..serve.app import serve as run
 
     target = _v(target)
-    settings = make_config(ServeSettings, artifact=str(_model_path(artifact)), max_batch=max_batch, max_wait_ms=max_wait_ms,
+    option_names = {"timeout_s": "--timeout", "max_body_bytes": "--max-body-mb"}
+    settings = make_config(ServeSettings, option_names, artifact=str(_model_path(artifact)), max_batch=max_batch, max_wait_ms=max_wait_ms,
                            api_key_env=api_key_env, threads=threads, target=target, max_items=max_items,
                            max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout,
                            max_text_chars=max_text_chars, max_image_pixels=max_image_pixels)
