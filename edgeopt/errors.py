@@ -52,3 +52,7 @@ class MissingDependencyError(EdgeoptError):
         what = f" (needed for {purpose})" if purpose else ""
         verb = "are" if "," in package else "is"
         super().__init__(f"{package} {verb} not installed{what}; install with: {hint}")
+
+
+class DockerUnavailable(EdgeoptError):
+    """No Docker engine answers, locally or at --docker-host (the message says how to start one)."""

@@ -25,6 +25,8 @@ from .errors import ConfigError
 
 MANIFEST = "manifest.json"
 WORKDIR_MARK = ".edgeopt-cache.json"  # a recipe workdir holds its stage cache
+BUNDLE_FILE = "bundle.json"  # an `edgeopt package` bundle's description
+BUNDLE_MARK = "edgeopt bundle"  # its first key's value
 REPORT_MARK = "edgeopt bench report"  # first key of every JSON report, last-line comment of every Markdown one
 
 # Stage-config fields that name input files (data, calibration sets, adapters, source models).
@@ -101,6 +103,21 @@ def is_artifact_dir(p: Path) -> bool:
         return False
     listed = set(data.get("files") or {}) | {MANIFEST}
     return all(f.relative_to(p).as_posix() in listed for f in p.rglob("*") if not f.is_dir())
+
+
+def is_bundle_dir(p: Path) -> bool:
+    """A folder `edgeopt package` wrote: bundle.json with edgeopt's mark and only the files it lists."""
+    f = p / BUNDLE_FILE
+    if not f.is_file():
+        return False
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(data, dict) and next(iter(data.items()), None) == ("kind", BUNDLE_MARK)):
+        return False
+    listed = set(data.get("files") or {}) | {BUNDLE_FILE}
+    return all(x.relative_to(p).as_posix() in listed for x in p.rglob("*") if not x.is_dir())
 
 
 def is_report_dir(p: Path) -> bool:
@@ -203,12 +220,13 @@ def check_output(out: PathLike, *inputs: Any, kind: str = "artifact") -> Path:
     _check_parent(p, refuse)
     if not any(p.iterdir()):
         return p
-    ours = {"artifact": is_artifact_dir, "workdir": is_workdir, "report-dir": is_report_dir}[kind]
+    ours = {"artifact": is_artifact_dir, "workdir": is_workdir, "report-dir": is_report_dir, "bundle": is_bundle_dir}[kind]
     if ours(p):
         return p
     what = {"artifact": "an edgeopt artifact (files other than those its manifest.json lists, or no manifest.json "
                         "written by edgeopt)",
-            "workdir": "an edgeopt recipe workdir", "report-dir": "an edgeopt bench report"}[kind]
+            "workdir": "an edgeopt recipe workdir", "report-dir": "an edgeopt bench report",
+            "bundle": "an edgeopt bundle (files other than those its bundle.json lists)"}[kind]
     raise refuse(f"is a folder with files in it that is not {what}, so edgeopt will not replace it",
                  "give a new folder (or an empty one)")
 

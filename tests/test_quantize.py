@@ -73,7 +73,7 @@ def test_dynamic_text_classifier(cls_int8_dynamic, cls_onnx, text_jsonl):
     m = q.manifest
     assert m.format == "onnx" and m.model.precision == "int8"
     rec = m.model.quantization
-    assert rec["mode"] == "dynamic" and rec["target"] in ("x86", "rpi")
+    assert rec["mode"] == "dynamic" and rec["target"] in ("x86", "rpi5")
     assert rec["activation_type"] == "uint8 (dynamic)"
     assert [e.stage for e in m.lineage] == ["source", "export", "quantize"]
     assert m.lineage[-1].parent_hash == cls_onnx.manifest.digest()

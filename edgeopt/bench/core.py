@@ -93,7 +93,8 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, **device_info()}
     try:
         import torch
 
@@ -101,6 +102,29 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def device_info() -> dict:
+    """The board (device tree model: 'Raspberry Pi 5 Model B Rev 1.0', 'NVIDIA Jetson AGX Orin ...') and
+    the Jetson L4T release, where the machine has them. In a container, EDGEOPT_HOST_ROOT names where
+    the host's /etc and /sys/firmware are mounted (edgeopt bench --docker-host does that)."""
+    root = Path(os.environ.get("EDGEOPT_HOST_ROOT", "/"))
+    out = {}
+    for p in (root / "sys/firmware/devicetree/base/model", root / "proc/device-tree/model"):
+        try:
+            out["board"] = p.read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
+            break
+        except OSError:
+            continue
+    try:
+        line = (root / "etc/nv_tegra_release").read_text().splitlines()[0]  # "# R36 (release), REVISION: 4.0, ..."
+        import re
+
+        if m := re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", line):
+            out["l4t"] = f"r{m[1]}.{m[2]}"
+    except (OSError, IndexError):
+        pass
+    return out
 
 
 @stage("bench")

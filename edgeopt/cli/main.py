@@ -46,7 +46,7 @@ def _choices(name: str, values) -> type[Enum]:
 def _target_choices() -> type[Enum]:
     from ..targets import target_names  # reads the targets/ folder listing only, no YAML
 
-    return _choices("Target", ["host", *target_names()])
+    return _choices("Target", ["host", *target_names(aliases=True)])
 
 
 Ptq = _choices("Ptq", ["dynamic", "static"])
@@ -132,18 +132,20 @@ def _main(
 def export(
     model: Annotated[str, typer.Argument(help="HF checkpoint folder, artifact directory or pkg:PACKAGE/SUBDIR.")],
     output: OutOpt,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default: the target's, else 17).")] = None,
     batch_axis: Annotated[bool, typer.Option("--batch-axis/--no-batch-axis", help="Dynamic batch axis (else batch 1).")] = True,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the numeric check against PyTorch.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the numeric check.")] = 1e-3,
     exporter: Annotated[Exporter, typer.Option(help="torchscript (fuses best with ONNX Runtime) or dynamo.")] = Exporter.torchscript,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="ONNX Runtime graph optimizations / transformer fusions.")] = True,
     task: Annotated[Optional[Task], typer.Option(help="Override the checkpoint's task.")] = None,
-    dtype: Annotated[Dtype, typer.Option(
+    dtype: Annotated[Optional[Dtype], typer.Option(
         help="Weights of the ONNX graph; every checkpoint (bfloat16 too) loads as float32 first. float16 halves the "
              "file, for GPU targets: ONNX Runtime's CPU provider runs it no faster, and it needs a looser --atol. "
-             "No bfloat16: ONNX Runtime's CPU provider has no bfloat16 kernels.")] = Dtype.float32,
+             "No bfloat16: ONNX Runtime's CPU provider has no bfloat16 kernels. Default: the target's, else float32.")] = None,
     data: DataOpt = None,
+    target: Annotated[Optional[Target], typer.Option("--target", "-t", help="Export for this target: its opset, dtype and "
+                      "the fusions its runtime has (TensorRT targets: standard ONNX ops only); the graph is checked to run there.")] = None,
     as_json: JsonOpt = False,
 ):
     """Export a PyTorch / HF model to ONNX, optimize it and check it against PyTorch."""
@@ -151,14 +153,15 @@ def export(
     from ..stages.export import export as run
 
     cfg = make_config(ExportConfig, opset=opset, batch_axis=batch_axis, atol=atol, rtol=rtol, exporter=_v(exporter),
-                      optimize=optimize, check_data=data, task=_v(task), dtype=_v(dtype))
+                      optimize=optimize, check_data=data, task=_v(task), dtype=_v(dtype), target=_v(target))
     art = run(_model_path(model), output, cfg)
     if as_json:
         return _emit(artifact_summary(art))
     m = art.manifest
     checks = m.metrics["numeric_check"]["outputs"]
     console.print(f"[green]exported[/green] {_p(art.path)} ({m.metrics['size_bytes'] / 1e6:.1f} MB, "
-                  f"optimization: {m.model.optimization['level']})")
+                  f"optimization: {m.model.optimization['level']}"
+                  + (f", opset {m.model.opset} for target {m.model.target}" if getattr(m.model, "target", None) else "") + ")")
     for name, rec in checks.items():
         console.print(f"  {name}: max abs err {rec['max_abs_err']:.2e}, max rel err {rec['max_rel_err']:.2e} "
                       f"over {m.metrics['numeric_check']['samples']} samples")
@@ -338,11 +341,36 @@ def bench(
     requests: Annotated[Optional[int], typer.Option(help="Requests to send (with --url; default 200 unless --duration).")] = None,
     items_per_request: Annotated[int, typer.Option(help="Inputs per HTTP request (with --url).")] = 1,
     api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the server's API key (with --url).")] = None,
+    docker_host: Annotated[Optional[str], typer.Option(help="Run the benchmark on this device's Docker engine (ssh://USER@DEVICE), "
+                                                       "in the image given as the one argument (an image name or a bundle).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout instead of the table.")] = False,
 ):
     """Latency (p50/p90/p99), throughput, memory, size and accuracy of artifacts side by side, or of a server (--url)."""
     from ..bench.report import check_report_paths, rich_table, write_outputs
 
+    if docker_host:
+        if url or not artifacts or len(artifacts) != 1:
+            raise ConfigError("--docker-host takes one image or bundle to benchmark on the device (and no --url)")
+        check_report_paths(json_out, report, ())
+        from ..package.deploy import remote_bench
+
+        if seq_len != "auto" and not seq_len.isdigit():
+            raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
+        _parse_ints(batch_sizes, "--batch-sizes")
+        args = ["--batch-sizes", batch_sizes, "--seq-len", seq_len, "--runs", str(runs), "--warmup", str(warmup),
+                *(["--threads", str(threads)] if threads else [])]
+        status = (lambda s: None) if as_json else (lambda s: err_console.print(escape(s)))
+        rep = remote_bench(artifacts[0], docker_host, args, data=data, on_status=status)
+        written = write_outputs(rep, json_out, report)
+        if as_json:
+            return _emit({**rep.model_dump(mode="json"), "written": {k: str(v) for k, v in written.items()}})
+        mach = rep.machine
+        where = ", ".join(str(x) for x in (mach.get("board"), mach.get("cpu"), f"{mach.get('cores')} cores",
+                                            f"L4T {mach['l4t']}" if mach.get("l4t") else None) if x)
+        console.print(rich_table(rep, title=f"edgeopt bench on {docker_host} ({where})"))
+        for kind, path in written.items():
+            console.print(f"{kind}: {_p(path)}")
+        return
     inputs = tuple(_model_path(a) for a in artifacts or [])
     check_report_paths(json_out, report, inputs)  # before minutes of benchmarking
     if url:
@@ -399,9 +427,9 @@ def serve(
 
     Every option can also come from an environment variable (EDGEOPT_PORT, EDGEOPT_MAX_BATCH, ...;
     see each option), so a container's command stays `edgeopt serve`."""
-    from .._optional import require
+    from .._optional import SERVER_MODULES, require
 
-    require("serve", purpose="edgeopt serve")
+    require("serve", purpose="edgeopt serve", modules=SERVER_MODULES)
     from ..serve.app import ServeSettings
     from ..serve.app import serve as run
 
@@ -507,8 +535,77 @@ def inspect(
 
 
 @app.command()
-def targets(as_json: Annotated[bool, typer.Option("--json", help="Print the targets as one JSON object.")] = False):
-    """List deployment targets."""
+def package(
+    artifact: Annotated[str, typer.Argument(help="ONNX artifact to serve on the target.")],
+    target: Annotated[Target, typer.Option("--target", "-t", help="Target profile (edgeopt targets).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder for the bundle (written atomically); an existing "
+                                         "path is replaced only if it is an edgeopt bundle.")],
+    build: Annotated[bool, typer.Option("--build", help="Build the image on the local Docker engine and report its size.")] = False,
+    tag: Annotated[Optional[str], typer.Option(help="Image name (default: edgeopt/MODEL:TARGET-SHA8).")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the built image to its registry (with --build; docker login first).")] = False,
+    base_image: Annotated[Optional[str], typer.Option(help="Base image instead of the profile's; a python:*-slim image or a "
+                                                      "Debian one with python3 + python3-venv, of the target's Python.")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port the server listens on in the container.")] = 8000,
+    wheelhouse: Annotated[Optional[Path], typer.Option(help="Folder of extra wheels (offline hosts, Jetson's index).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print bundle.json's content as one JSON object.")] = False,
+):
+    """Write a bundle for a target (model, Dockerfile, offline wheelhouse); --build makes its image."""
+    from ..package import PackageConfig
+    from ..package import package as run
+
+    cfg = make_config(PackageConfig, target=_v(target), base_image=base_image, tag=tag, port=port, build=build,
+                      push=push, wheelhouse=str(wheelhouse) if wheelhouse else None)
+    status = (lambda s: None) if as_json else (lambda s: err_console.print(escape(s)))
+    b = run(_model_path(artifact), output, cfg, on_status=status)
+    if as_json:
+        return _emit(b.model_dump(mode="json"))
+    size = sum((Path(b.path) / f).stat().st_size for f in b.files) / 1e6
+    console.print(f"[green]packaged[/green] {_p(b.path)} for {b.target} ({b.platform}, {size:.0f} MB with "
+                  f"{len(b.packages)} wheels; base {_p(b.base_image)})")
+    if b.left_out:
+        console.print(f"  left out: {', '.join(b.left_out)}")
+    if b.image:
+        console.print(f"  image {_p(b.tag)}: {b.image['size_bytes'] / 1e6:.0f} MB ({b.image['architecture']})"
+                      + (f", pushed {b.image['pushed_digest']}" if b.image.get("pushed_digest") else ""))
+        console.print(f"  run: docker run -d -p 8000:{b.port} {_p(b.tag)}")
+    else:
+        console.print(f"  build: edgeopt package ... --build, or docker build --platform {b.platform} -t {_p(b.tag)} {_p(b.path)}")
+
+
+@app.command()
+def deploy(
+    image: Annotated[str, typer.Argument(help="Image name, or a bundle folder from `edgeopt package` (built here if needed).")],
+    docker_host: Annotated[str, typer.Option(help="The device's Docker engine, e.g. ssh://pi@raspberrypi.local.",
+                                             envvar="EDGEOPT_DOCKER_HOST")],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on the device.")] = 8000,
+    name: Annotated[Optional[str], typer.Option(help="Container name (default: edgeopt-MODEL); an edgeopt container "
+                                                "of that name is replaced.")] = None,
+    wait: Annotated[float, typer.Option(min=1, help="Seconds to wait for /readyz (TensorRT targets build their engine first).")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the deployment as one JSON object.")] = False,
+):
+    """Ship an image to a device without a registry (docker save | load over ssh), start it, wait until ready."""
+    from ..package.deploy import deploy as run
+
+    status = (lambda s: None) if as_json else (lambda s: err_console.print(escape(s)))
+    d = run(image, docker_host, port=port, name=name, wait_s=wait, on_status=status)
+    if as_json:
+        return _emit(d.model_dump(mode="json"))
+    console.print(f"[green]deployed[/green] {_p(d.image)} as {_p(d.name)} on {_p(d.docker_host)} "
+                  f"({'shipped' if d.shipped else 'already there'}; ready in {d.ready_s:.1f} s)")
+    console.print(f"  {d.url}  (POST {d.url}/v1/predict, {d.url}/metrics)")
+
+
+targets_app = typer.Typer(help="Deployment targets: list them, or show one profile in full.", invoke_without_command=True,
+                          no_args_is_help=False)
+app.add_typer(targets_app, name="targets")
+
+
+@targets_app.callback()
+def targets(ctx: typer.Context,
+            as_json: Annotated[bool, typer.Option("--json", help="Print the targets as one JSON object.")] = False):
+    """List deployment targets (`edgeopt targets show NAME` for one in full)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from ..targets import get_target, target_names
 
     if as_json:
@@ -516,8 +613,28 @@ def targets(as_json: Annotated[bool, typer.Option("--json", help="Print the targ
     for n in target_names():
         t = get_target(n)
         q = t.quantization
-        console.print(f"[bold]{n:<11}[/bold] {t.arch:<6} {t.runtime:<12} int8: act {q.activation_type}"
-                      f"{' sym' if q.activation_symmetric else ''}, weights {q.weight_type} — {t.description}")
+        alias = f" (alias: {', '.join(t.aliases)})" if t.aliases else ""
+        console.print(f"[bold]{n:<13}[/bold] {t.arch:<6} {t.runtime:<12} int8 act {q.activation_type}"
+                      f"{' sym' if q.activation_symmetric else ''}  {escape(t.description)}{alias}")
+
+
+@targets_app.command("show")
+def targets_show(
+    name: Annotated[Target, typer.Argument(help="Target name or alias.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON.")] = False,
+):
+    """Show one target profile: platform, runtime packages, providers, export and int8 rules, engine policy, image."""
+    from ..targets import get_target
+
+    t = get_target(_v(name))
+    data = t.model_dump(mode="json")
+    if as_json:
+        return _emit(data)
+    import yaml
+
+    console.print(f"[bold]{t.name}[/bold]: {escape(t.description)}")
+    console.print(escape(yaml.safe_dump({k: v for k, v in data.items() if k not in ("name", "description")},
+                                        sort_keys=False, width=120).rstrip()))
 
 
 @app.command()

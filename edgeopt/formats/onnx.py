@@ -21,6 +21,7 @@ class OnnxModel(ModelInfo):
     exporter: Optional[str] = None
     optimization: dict[str, Any] = {}
     external_data: bool = False
+    target: Optional[str] = None  # the target profile it was exported for (edgeopt export --target)
     quantization: Optional[dict[str, Any]] = None  # int8: mode, target, types, per-channel ...
 
 

@@ -397,9 +397,9 @@ def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
 def create_app(settings: ServeSettings, artifact: Artifact | None = None):
     """The app for ``settings``. ``artifact``: the already loaded (verified) artifact; when None it is
     loaded from ``settings.artifact`` here, which sha256-verifies every file."""
-    from .._optional import require
+    from .._optional import SERVER_MODULES, require
 
-    require("serve", purpose="serving")
+    require("serve", purpose="serving", modules=SERVER_MODULES)
     from fastapi import FastAPI
 
     from ..formats import handler_for
@@ -474,9 +474,9 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     (verified) here, before the port is bound, so a bad artifact fails fast."""
     import signal
 
-    from .._optional import require
+    from .._optional import SERVER_MODULES, require
 
-    require("serve", purpose="serving")
+    require("serve", purpose="serving", modules=SERVER_MODULES)
     import uvicorn
 
     art = artifact if artifact is not None else load_artifact(settings.artifact)

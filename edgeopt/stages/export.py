@@ -34,6 +34,24 @@ class ExportConfig(StageConfig):
     # loads in float32 first (a bfloat16 checkpoint included). No bfloat16 graph: ONNX Runtime's
     # CPU provider has no bfloat16 kernels for most ops (Add, Mul, MatMul, Gemm, Softmax, Erf).
     dtype: Literal["float32", "float16"] = "float32"
+    # A deployment target: its profile sets the opset, whether ONNX Runtime's fusions (com.microsoft
+    # ops) are used, and the dtype, unless given here; the graph is checked to run on its runtime.
+    target: Optional[str] = None
+
+
+def apply_target(cfg: ExportConfig) -> ExportConfig:
+    """The config with the target profile's export defaults for every field not set explicitly."""
+    if cfg.target is None:
+        return cfg
+    from ..targets import get_target
+
+    spec = get_target(cfg.target)
+    update = {k: getattr(spec.export, k) for k in ("opset", "dtype") if k not in cfg.model_fields_set}
+    opset = update.get("opset", cfg.opset)
+    if spec.export.max_opset is not None and opset > spec.export.max_opset:
+        raise ConfigError(f"--opset {opset}: target '{spec.name}' parses opsets up to {spec.export.max_opset}; "
+                          f"give --opset {spec.export.max_opset} or less")
+    return cfg.model_copy(update={**update, "target": spec.name})
 
 
 @stage("export")
@@ -41,7 +59,7 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 
     from ..models import load_torch_model
 
-    cfg = config or ExportConfig()
+    cfg = apply_target(config or ExportConfig())
     parent = model if isinstance(model, Artifact) else load_artifact(model)
     check_output(out, parent, cfg)
     if cfg.task is not None and cfg.task != parent.manifest.task:
@@ -94,7 +112,9 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
         raw = tmp / "raw.onnx"
         _torch_export(_in_dtype(module, cfg.dtype), args, raw, io, cfg)
         onnx_file = tmp / "model.onnx"
-        if basic_only:  # QDQ graphs: constant folding turns Q(weight) into int8 initializers; no fusions
+        if basic_only or (cfg.optimize and not _fusions_allowed(cfg)):
+            # QDQ graphs: constant folding turns Q(weight) into int8 initializers; no fusions.
+            # TensorRT targets: standard ONNX ops only, so no com.microsoft fused ops.
             optimization = _basic(raw, onnx_file)
         else:
             optimization = _optimize(raw, onnx_file, parent, cfg) if cfg.optimize else _copy_model(raw, onnx_file)
@@ -121,6 +141,8 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
             record, failures = numeric_agreement(out_names, ref, got, cfg.atol, cfg.rtol)
         for f in tmp.glob("raw.onnx*"):
             f.unlink()
+        if cfg.target is not None:
+            _check_target_ops(onnx_file, cfg.target)
         if failures:
             hint = "; float16 keeps about 3 significant digits: loosen --atol / --rtol if that is close enough" if cfg.dtype == "float16" else ""
             raise ValidationError(f"ONNX output disagrees with PyTorch on {len(data)} samples from {data.source}{hint}", failures)
@@ -130,6 +152,7 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
                             model={"file": "model.onnx", "precision": PRECISION[cfg.dtype], "dtype": cfg.dtype,
                                    "source_dtype": source_dtype(parent), "opset": cfg.opset, "exporter": cfg.exporter,
                                    "optimization": optimization, "external_data": (tmp / "model.onnx.data").exists(),
+                                   **({"target": cfg.target} if cfg.target else {}),
                                    **(model_info or {})})
         manifest.metrics = {**(metrics or {}),
             "numeric_check": {"samples": len(data), "data": data.source, "outputs": record,
@@ -143,6 +166,45 @@ def export_module(parent: Artifact, module, out: str | Path, cfg: ExportConfig, 
             after(Artifact(tmp, manifest))
         manifest = finalize(tmp, manifest)  # once: a finished artifact is never edited
     return load_artifact(Path(out).expanduser().resolve(), verify=False)
+
+
+def _fusions_allowed(cfg: ExportConfig) -> bool:
+    if cfg.target is None:
+        return True
+    from ..targets import get_target
+
+    return get_target(cfg.target).export.fusions == "onnxruntime"
+
+
+def _check_target_ops(onnx_file: Path, target: str) -> None:
+    from ..targets import get_target, unsupported_ops
+
+    spec = get_target(target)
+    if spec.export.fusions == "none":
+        _drop_unused_domains(onnx_file)
+    problems = unsupported_ops(spec, onnx_file)
+    if problems:
+        raise ValidationError(f"the exported graph cannot run on target '{target}'", problems)
+
+
+def _drop_unused_domains(onnx_file: Path) -> None:
+    """ONNX Runtime's optimizer declares its contrib domains (com.microsoft, ...) even where no node
+    uses them; a graph for a runtime without them should not name them."""
+    import onnx
+
+    model = onnx.load(str(onnx_file), load_external_data=False)
+    used = {n.domain for n in model.graph.node} | {n.domain for f in model.functions for n in f.node}
+    used |= {f.domain for f in model.functions}
+    keep = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    if len(keep) == len(model.opset_import):
+        return
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    if (onnx_file.parent / (onnx_file.name + ".data")).exists():
+        model = onnx.load(str(onnx_file))  # with its weights, then saved the same way
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    save_onnx(model, onnx_file)
 
 
 def _fidelity_failures(task: str, names, ref, got, limits: tuple[float, float], record: dict) -> list[str]:

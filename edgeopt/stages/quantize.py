@@ -111,7 +111,8 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
         _copy_preprocessing(parent, tmp)
 
         manifest = pm.child(stage="quantize", config=cfg.model_dump(),
-                            model={**pm.model.model_dump(), "file": "model.onnx", "precision": "int8", "quantization": fmt_record})
+                            model={**pm.model.model_dump(), "file": "model.onnx", "precision": "int8", "quantization": fmt_record,
+                                   "target": target.name})
         child = Artifact(tmp, manifest)
         manifest.metrics = _measure(parent, child, cfg, pre, sample_dataset)
         manifest.metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))

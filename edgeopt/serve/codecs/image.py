@@ -24,8 +24,10 @@ class ImageCodec(Codec):
 
     def setup(self, runtime) -> None:
         super().setup(runtime)
+        from ..._optional import require
         from ...models.preprocess import Preprocessor
 
+        require("serve", purpose="decoding image inputs", modules=("PIL",))
         self._pre = Preprocessor(self.artifact)
 
     def decode(self, value: Sequence[str]) -> list[np.ndarray]:

@@ -1,0 +1,1 @@
+"""Dockerfile templates shipped with edgeopt (importable as edgeopt._docker)."""

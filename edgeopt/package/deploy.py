@@ -1,0 +1,280 @@
+"""Ship an image to a device's Docker engine without a registry, start it, and benchmark on it.
+
+`edgeopt deploy IMAGE_OR_BUNDLE --docker-host ssh://user@device` and
+`edgeopt bench IMAGE_OR_BUNDLE --docker-host ssh://user@device` (the in-container benchmark)."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+from pydantic import BaseModel
+
+from ..errors import ConfigError, DockerUnavailable, StageError, TargetError
+from ..outputs import BUNDLE_FILE
+from .engine import connect, engine_arch, image_arch, ship
+
+CONTAINER_PORT_LABEL = "io.edgeopt.port"
+
+
+class Deployment(BaseModel):
+    url: str
+    name: str
+    image: str
+    docker_host: str
+    container_id: str
+    shipped: bool  # False: the device already had this image
+    ready_s: float  # from container start to /readyz answering 200
+
+
+def resolve_image(ref: str, local, on_status: Callable[[str], None]) -> tuple[str, dict]:
+    """An image tag from IMAGE or BUNDLE (a bundle's image is built here if this engine lacks it);
+    with the bundle's description, if any."""
+    p = Path(ref).expanduser()
+    if (p / BUNDLE_FILE).is_file():
+        from .build import build_bundle
+        from .bundle import load_bundle
+
+        b = load_bundle(p)
+        try:
+            img = local.images.get(b.tag)
+            if b.image and b.image.get("id") not in (None, img.id):
+                raise LookupError  # the tag now names another image: rebuild from this bundle
+        except Exception:
+            on_status(f"building {b.tag} from {b.path}")
+            b = build_bundle(p, client=local, on_status=on_status)
+        return b.tag, b.model_dump(mode="json")
+    if p.exists():
+        raise ConfigError(f"{ref}: a folder but not an edgeopt bundle (no {BUNDLE_FILE}); give a bundle from `edgeopt package` or an image name")
+    try:
+        local.images.get(ref)
+    except Exception:
+        raise ConfigError(f"{ref}: no such image on the local Docker engine, and not a bundle folder; build it with "
+                          "`edgeopt package ARTIFACT --target T -o BUNDLE --build`") from None
+    return ref, {}
+
+
+def _check_arch(local, remote, tag: str, docker_host: str) -> str:
+    arch = image_arch(local.images.get(tag))
+    device = engine_arch(remote)
+    if arch and device and arch != device:
+        raise TargetError(f"{tag} is an {arch} image but {docker_host} is {device}; package for the device's target "
+                          f"(e.g. --target {'rpi5' if device == 'arm64' else 'x86'}) and deploy that")
+    return arch
+
+
+def _labels(remote, tag: str) -> dict:
+    return remote.images.get(tag).attrs.get("Config", {}).get("Labels") or {}
+
+
+def _host_of(docker_host: str) -> str:
+    u = urlparse(docker_host)
+    return u.hostname or "127.0.0.1" if u.scheme in ("ssh", "tcp", "http", "https") else "127.0.0.1"
+
+
+def deploy(ref: str, docker_host: str, port: int = 8000, name: Optional[str] = None, wait_s: float = 300,
+           env: Optional[dict[str, str]] = None, on_status: Callable[[str], None] = lambda s: None) -> Deployment:
+    local = connect()
+    remote = connect(docker_host)
+    tag, _ = resolve_image(ref, local, on_status)
+    _check_arch(local, remote, tag, docker_host)
+    shipped = ship(local, remote, tag, on_progress=on_status)
+    labels = _labels(remote, tag)
+    target = labels.get("io.edgeopt.target", "")
+    name = name or "edgeopt-" + (tag.rsplit("/", 1)[-1].split(":")[0] or "model")
+    _remove_previous(remote, name, docker_host)
+    _check_port(remote, port, docker_host)
+    from ..targets import get_target
+
+    spec = get_target(target) if target else None
+    kwargs: dict = {}
+    if spec is not None and spec.engine.policy == "build-on-device":
+        kwargs["volumes"] = {"edgeopt-engines": {"bind": spec.engine.cache_dir, "mode": "rw"}}
+    if spec is not None and spec.docker is not None and spec.docker.runtime:
+        kwargs["runtime"] = spec.docker.runtime
+    container_port = int(labels.get(CONTAINER_PORT_LABEL, 0) or 0) or _exposed_port(remote, tag)
+    on_status(f"starting {name} on {docker_host}")
+    import docker
+
+    try:
+        c = remote.containers.run(tag, detach=True, name=name, ports={f"{container_port}/tcp": port},
+                                  restart_policy={"Name": "unless-stopped"}, environment=env or {},
+                                  labels={"io.edgeopt.deployed": "1"}, **kwargs)
+    except docker.errors.APIError as e:
+        msg = " ".join((e.explanation or str(e)).split())
+        if "port is already allocated" in msg or "address already in use" in msg:
+            _cleanup(remote, name)
+            raise ConfigError(f"port {port} on {docker_host} is already in use; pick another with --port") from e
+        if "runtime" in msg and "nvidia" in msg:
+            _cleanup(remote, name)
+            raise TargetError(f"{docker_host} has no NVIDIA container runtime, which {target} images need; install "
+                              "nvidia-container-toolkit on the device") from e
+        _cleanup(remote, name)
+        raise StageError(f"starting {tag} on {docker_host} failed: {msg[:300]}") from e
+    t0 = time.monotonic()
+    ready = _wait_ready(c, container_port, wait_s)
+    if not ready:
+        c.reload()
+        logs = c.logs(tail=5).decode("utf-8", "replace").strip().splitlines()
+        state = c.attrs.get("State", {}).get("Status")
+        raise StageError(f"{name} on {docker_host} did not become ready within {wait_s:.0f} s (state {state}); "
+                         f"last log line: {logs[-1] if logs else 'none'}; see `docker logs {name}` there")
+    return Deployment(url=f"http://{_host_of(docker_host)}:{port}", name=name, image=tag, docker_host=docker_host,
+                      container_id=c.id, shipped=shipped, ready_s=time.monotonic() - t0)
+
+
+def _exposed_port(client, tag: str) -> int:
+    exposed = client.images.get(tag).attrs.get("Config", {}).get("ExposedPorts") or {}
+    for k in exposed:
+        return int(k.split("/")[0])
+    return 8000
+
+
+def _remove_previous(remote, name: str, docker_host: str) -> None:
+    """A container of that name is replaced only if edgeopt deployed it."""
+    try:
+        old = remote.containers.get(name)
+    except Exception:
+        return
+    if (old.labels or {}).get("io.edgeopt.deployed") != "1":
+        raise ConfigError(f"a container named {name} already runs on {docker_host} and edgeopt did not start it; "
+                          "pick another --name")
+    old.remove(force=True)
+
+
+def _check_port(remote, port: int, docker_host: str) -> None:
+    for c in remote.containers.list():
+        for bindings in (c.attrs.get("HostConfig", {}).get("PortBindings") or {}).values():
+            for b in bindings or []:
+                if str(b.get("HostPort")) == str(port):
+                    raise ConfigError(f"port {port} on {docker_host} is used by container {c.name}; pick another with --port")
+
+
+def _cleanup(remote, name: str) -> None:
+    try:
+        remote.containers.get(name).remove(force=True)
+    except Exception:
+        pass
+
+
+def _wait_ready(c, container_port: int, wait_s: float) -> bool:
+    """Poll /readyz from inside the container (works whatever the device's firewall lets through)."""
+    probe = ["/opt/edgeopt/bin/python", "-c",
+             f"import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{container_port}/readyz', "
+             "timeout=3).status == 200 else 1)"]
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        c.reload()
+        if c.status in ("exited", "dead"):
+            return False
+        if c.status == "running":
+            try:
+                if c.exec_run(probe, user="10001").exit_code == 0:
+                    return True
+            except Exception:
+                pass
+        time.sleep(0.5)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# On-device benchmark
+
+def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str] = None, timeout_s: float = 1800,
+                 on_status: Callable[[str], None] = lambda s: None):
+    """Run `edgeopt bench /opt/model --json ARGS` in the image on the device's engine; the report,
+    its machine labelled with the device (CPU, cores, board, L4T release)."""
+    from ..bench.core import BenchReport
+
+    local = connect()
+    remote = connect(docker_host)
+    tag, _ = resolve_image(ref, local, on_status)
+    _check_arch(local, remote, tag, docker_host)
+    ship(local, remote, tag, on_progress=on_status)
+    labels = _labels(remote, tag)
+    from ..targets import get_target
+
+    target = labels.get("io.edgeopt.target")
+    spec = get_target(target) if target else None
+    cmd = ["bench", "/opt/model", "--json", *args]
+    payload = None
+    if data:
+        payload, name = _data_archive(data, labels.get("io.edgeopt.task"))
+        cmd += ["--data", f"/tmp/edgeopt-data/{name}"]
+    kwargs: dict = {}
+    if spec is not None and spec.docker is not None and spec.docker.runtime:
+        kwargs["runtime"] = spec.docker.runtime
+    if spec is not None and spec.engine.policy == "build-on-device":
+        kwargs["volumes"] = {"edgeopt-engines": {"bind": spec.engine.cache_dir, "mode": "rw"}}
+    import docker
+
+    mounts = [docker.types.Mount("/host/etc", "/etc", type="bind", read_only=True),
+              docker.types.Mount("/host/sys/firmware", "/sys/firmware", type="bind", read_only=True)]
+    c = remote.containers.create(tag, entrypoint=["/opt/edgeopt/bin/edgeopt"], command=cmd, mounts=mounts,
+                                 environment={"EDGEOPT_HOST_ROOT": "/host", "EDGEOPT_QUIET": "1"}, **kwargs)
+    try:
+        if payload is not None:
+            c.put_archive("/tmp", payload)
+        on_status(f"benchmarking {tag} on {docker_host}")
+        c.start()
+        try:
+            rc = c.wait(timeout=timeout_s).get("StatusCode", 1)
+        except Exception as e:
+            raise StageError(f"the benchmark on {docker_host} did not finish within {timeout_s:.0f} s") from e
+        out = c.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+        err = c.logs(stdout=False, stderr=True).decode("utf-8", "replace").strip().splitlines()
+        if rc != 0:
+            last = next((ln for ln in reversed(err) if ln.strip()), "no output")
+            raise StageError(f"the benchmark in {tag} on {docker_host} failed (exit {rc}): {last[:300]}")
+    finally:
+        try:
+            c.remove(force=True)
+        except Exception:
+            pass
+    try:
+        doc = json.loads(out[out.index("{"):])
+    except ValueError as e:
+        raise StageError(f"the benchmark on {docker_host} printed no JSON report") from e
+    doc.pop("written", None)
+    report = BenchReport.model_validate(doc)
+    report.machine.update({"docker_host": docker_host, "image": tag, "target": target})
+    return report
+
+
+def _data_archive(data: str, task: Optional[str]) -> tuple[bytes, str]:
+    """A tar for put_archive with the bench data as a file the image can read (sklearn: specs are
+    converted to .npz here: the image has no scikit-learn)."""
+    import numpy as np
+
+    from ..data import load_dataset
+
+    p = Path(data).expanduser()
+    if p.is_file():
+        body, name = p.read_bytes(), p.name
+        load_dataset(p)  # a bad file fails here, with the host path, not in the container
+    else:
+        ds = load_dataset(data)
+        if ds.kind != "image":
+            raise ConfigError(f"--data {data}: give a .jsonl file for text models")
+        buf = io.BytesIO()
+        arrays = {"images": np.asarray(ds.samples, np.float32)}
+        if ds.labels is not None:
+            arrays["labels"] = np.asarray(ds.labels)
+        np.savez(buf, **arrays)
+        body, name = buf.getvalue(), "data.npz"
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as t:
+        d = tarfile.TarInfo("edgeopt-data")
+        d.type, d.mode = tarfile.DIRTYPE, 0o755
+        t.addfile(d)
+        info = tarfile.TarInfo(f"edgeopt-data/{name}")
+        info.size, info.mode = len(body), 0o644
+        t.addfile(info, io.BytesIO(body))
+    return tar.getvalue(), name
+
+
+__all__ = ["Deployment", "deploy", "remote_bench", "DockerUnavailable"]
