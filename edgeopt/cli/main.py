@@ -73,6 +73,13 @@ def _emit(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _status_printer(as_json: bool):
+    """Status lines of long commands on stderr; none with --json or EDGEOPT_QUIET."""
+    if as_json or os.environ.get("EDGEOPT_QUIET"):
+        return lambda s: None
+    return lambda s: err_console.print(escape(s), highlight=False)
+
+
 def artifact_summary(art) -> dict:
     """What --json prints for a command that wrote an artifact."""
     m = art.manifest
@@ -359,7 +366,7 @@ def bench(
         _parse_ints(batch_sizes, "--batch-sizes")
         args = ["--batch-sizes", batch_sizes, "--seq-len", seq_len, "--runs", str(runs), "--warmup", str(warmup),
                 *(["--threads", str(threads)] if threads else [])]
-        status = (lambda s: None) if as_json else (lambda s: err_console.print(escape(s)))
+        status = _status_printer(as_json)
         rep = remote_bench(artifacts[0], docker_host, args, data=data, on_status=status)
         written = write_outputs(rep, json_out, report)
         if as_json:
@@ -555,7 +562,7 @@ def package(
 
     cfg = make_config(PackageConfig, target=_v(target), base_image=base_image, tag=tag, port=port, build=build,
                       push=push, wheelhouse=str(wheelhouse) if wheelhouse else None)
-    status = (lambda s: None) if as_json else (lambda s: err_console.print(escape(s)))
+    status = _status_printer(as_json)
     b = run(_model_path(artifact), output, cfg, on_status=status)
     if as_json:
         return _emit(b.model_dump(mode="json"))
@@ -586,7 +593,7 @@ def deploy(
     """Ship an image to a device without a registry (docker save | load over ssh), start it, wait until ready."""
     from ..package.deploy import deploy as run
 
-    status = (lambda s: None) if as_json else (lambda s: err_console.print(escape(s)))
+    status = _status_printer(as_json)
     d = run(image, docker_host, port=port, name=name, wait_s=wait, on_status=status)
     if as_json:
         return _emit(d.model_dump(mode="json"))

@@ -242,6 +242,9 @@ def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str
     doc.pop("written", None)
     report = BenchReport.model_validate(doc)
     report.machine.update({"docker_host": docker_host, "image": tag, "target": target})
+    title = labels.get("org.opencontainers.image.title")
+    for row in report.rows:  # the image holds the model as /opt/model: name it as packaged
+        row.artifact, row.path = title or row.artifact, f"{tag}:{row.path}"
     return report
 
 

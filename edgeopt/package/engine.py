@@ -61,7 +61,7 @@ def connect(url: Optional[str] = None, timeout: int = 600):
         if url is None:
             client = docker.from_env(timeout=timeout)
         else:
-            client = docker.DockerClient(base_url=url, timeout=timeout, use_ssh_client=url.startswith("ssh://"))
+            client = docker.DockerClient(base_url=url, timeout=timeout)  # ssh:// through paramiko (docker[ssh])
         client.ping()
         return client
     except Exception as e:

@@ -28,6 +28,11 @@ def labels(spec: TargetSpec, model_sha256: str, manifest_sha256: str, task: str,
     }
 
 
+def _quote(value: str) -> str:
+    """A Dockerfile LABEL/ENV value: double-quoted, '$' not expanded, non-ASCII kept as is."""
+    return json.dumps(value, ensure_ascii=False).replace("$", "\\$")
+
+
 def render(spec: TargetSpec, base_image: str, port: int, label_map: dict[str, str], env: dict[str, str]) -> str:
     assert spec.docker is not None
     stack = ", ".join(f"{k} {v}" for k, v in spec.stack.model_dump().items() if v) or "none"
@@ -39,8 +44,8 @@ def render(spec: TargetSpec, base_image: str, port: int, label_map: dict[str, st
         "PORT": str(port),
         "STACK": stack,
         "ENGINE_CACHE": spec.engine.cache_dir or "/var/cache/edgeopt/engines",
-        "LABELS": " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in label_map.items()),
-        "EXTRA_ENV": "".join(f" \\\n    {k}={json.dumps(v)}" for k, v in env.items()),
+        "LABELS": " \\\n      ".join(f"{k}={_quote(v)}" for k, v in label_map.items()),
+        "EXTRA_ENV": "".join(f" \\\n    {k}={_quote(v)}" for k, v in env.items()),
         "EXTRA_RUN": "",
     }
     text = template(spec.docker.template)

@@ -38,13 +38,25 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _distribution():
+    """The installed edgeopt distribution with full metadata (a dist-info with METADATA): a stale
+    edgeopt.egg-info in a source checkout on sys.path (from an in-tree pip build) has none."""
+    from .._version import __version__
+
+    found = [d for d in metadata.distributions(name="edgeopt") if d.read_text("METADATA")]
+    found.sort(key=lambda d: d.version != __version__)
+    if not found:
+        raise StageError("the installed edgeopt has no package metadata (METADATA); reinstall it with pip")
+    return found[0]
+
+
 def build_edgeopt_wheel(dest: Path) -> Path:
     """A wheel of the edgeopt that is running (whatever way it was installed): its modules, target
     profiles and Docker templates, with its installed metadata. Built in ``dest``: nothing is
     written into a source checkout (no build/ or egg-info)."""
     import edgeopt
 
-    dist = metadata.distribution("edgeopt")
+    dist = _distribution()
     version = dist.version
     files: dict[str, Path] = {}
     root = Path(edgeopt.__file__).parent
@@ -86,7 +98,7 @@ def runtime_requirements(spec: TargetSpec, extras: tuple[str, ...] = ("serve",))
     pinned = {normalize(Requirement(p).name): p for p in spec.packages}
     replaced = {"onnxruntime", "onnxruntime-gpu"} if any(n.startswith("onnxruntime") for n in pinned) else set()
     out: dict[str, str] = {}
-    for raw in metadata.requires("edgeopt") or []:
+    for raw in _distribution().requires or []:
         req = Requirement(raw)
         if req.marker is not None and not any(req.marker.evaluate({**env, "extra": e}) for e in ("", *extras)):
             continue

@@ -1,1 +1,0 @@
-"""Dockerfile templates shipped with edgeopt (importable as edgeopt._docker)."""

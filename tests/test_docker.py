@@ -1,0 +1,290 @@
+"""Real Docker: package images for x86 (and rpi5 under qemu), run them, call them over HTTP,
+ship them to a Docker engine over ssh:// and benchmark there.
+
+Needs a Docker daemon and a local base image (CI's .ci/setup-docker starts dockerd, builds the
+bases with docker/local-base.sh and runs sshd on 127.0.0.1); each test says why when it skips.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_cli import assert_clean_failure, cli
+
+AMD64_BASES = ["local/debian:bookworm", "python:3.11-slim"]
+ARM64_BASES = ["local/debian-arm64:bookworm"]
+SSH_HOST = "ssh://root@127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def client():
+    docker = pytest.importorskip("docker")
+    try:
+        c = docker.from_env(timeout=600)
+        c.ping()
+    except Exception as e:
+        pytest.skip(f"no Docker daemon ({str(e).splitlines()[0][:80]}); start one: `sudo dockerd &` (CI: .ci/setup-docker)")
+    return c
+
+
+def _base(client, candidates, arch: str) -> str:
+    for tag in candidates:
+        try:
+            img = client.images.get(tag)
+        except Exception:
+            continue
+        if img.attrs.get("Architecture") == arch:
+            return tag
+    pytest.skip(f"no {arch} base image ({', '.join(candidates)}); build one with docker/local-base.sh {arch}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, body: dict | None = None, timeout: float = 30):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def _wait_ready(url: str, container, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        container.reload()
+        assert container.status != "exited", container.logs(tail=20).decode()
+        try:
+            if _get(url + "/readyz", timeout=3)[0] == 200:
+                return time.monotonic() - t0
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"not ready after {timeout} s: {container.logs(tail=20).decode()}")
+
+
+def _in_process(artifact: Path, body: dict) -> dict:
+    """The same request answered by the same server code, in this process."""
+    from fastapi.testclient import TestClient
+
+    from edgeopt.serve.app import ServeSettings, create_app
+
+    with TestClient(create_app(ServeSettings(artifact=str(artifact)))) as tc:
+        for _ in range(200):
+            if tc.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        r = tc.post("/v1/predict", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def _same_predictions(got: dict, want: dict, atol: float) -> None:
+    assert [[p["label"] for p in item["top"]] for item in got["predictions"]] == \
+           [[p["label"] for p in item["top"]] for item in want["predictions"]]
+    g = np.array([[p["score"] for p in item["top"]] for item in got["predictions"]])
+    w = np.array([[p["score"] for p in item["top"]] for item in want["predictions"]])
+    np.testing.assert_allclose(g, w, atol=atol, rtol=0)
+
+
+BODY = {"inputs": ["red running shoes for trail", "stainless steel kitchen knife", "a cotton t-shirt"], "top_k": 3}
+
+
+@pytest.fixture(scope="module")
+def x86_bundle(client, cls_onnx, tmp_path_factory):
+    base = _base(client, AMD64_BASES, "amd64")
+    out = tmp_path_factory.mktemp("docker") / "bundle-x86"
+    tag = f"edgeopt-test/cls:x86-{os.getpid()}"
+    proc = cli("package", cls_onnx.path, "--target", "x86", "-o", out, "--base-image", base, "--build", "--tag", tag,
+               "--json", timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    yield json.loads(proc.stdout)
+    try:
+        client.images.remove(tag, force=True)
+    except Exception:
+        pass
+
+
+def test_x86_image_serves_like_in_process(client, x86_bundle, cls_onnx):
+    b = x86_bundle
+    img = client.images.get(b["tag"])
+    assert b["image"]["id"] == img.id and b["image"]["architecture"] == "amd64"
+    labels = img.attrs["Config"]["Labels"]
+    assert labels["io.edgeopt.target"] == "x86"
+    assert labels["io.edgeopt.model.sha256"] == cls_onnx.manifest.files["model.onnx"]
+    assert labels["org.opencontainers.image.version"] == labels["io.edgeopt.version"]
+    assert img.attrs["Config"]["User"] == "10001:10001"  # never root
+    assert "curl" not in json.dumps(img.attrs["Config"]["Healthcheck"])
+    assert img.attrs["Size"] < 300e6, img.attrs["Size"]  # core + [serve] only, trimmed
+    port = _free_port()
+    c = client.containers.run(b["tag"], detach=True, ports={"8000/tcp": ("127.0.0.1", port)})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, c, 120)
+        status, raw = _get(url + "/v1/predict", BODY)
+        assert status == 200
+        got = json.loads(raw)
+        _same_predictions(got, _in_process(cls_onnx.path, BODY), atol=1e-6)
+        metrics = _get(url + "/metrics")[1].decode()
+        assert "edgeopt_requests_total" in metrics or "edgeopt_" in metrics
+        # the HEALTHCHECK (no curl in the image) turns healthy once /readyz answers
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            c.reload()
+            if c.attrs["State"].get("Health", {}).get("Status") == "healthy":
+                break
+            time.sleep(1)
+        assert c.attrs["State"]["Health"]["Status"] == "healthy"
+        top = c.top(ps_args="-o pid,user:20,args")  # the server process is not root
+        users = [row[1] for row in top["Processes"] if "edgeopt" in row[-1]]
+        assert users and "root" not in users, top
+    finally:
+        c.remove(force=True)
+
+
+def _ssh_ok() -> bool:
+    try:
+        return subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "root@127.0.0.1", "docker", "version"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def ssh_host(client):
+    if not _ssh_ok():
+        pytest.skip("no ssh to root@127.0.0.1 with a Docker engine (CI: .ci/setup-docker runs sshd with a generated key)")
+    return SSH_HOST
+
+
+def test_deploy_over_ssh_then_replace_then_port_in_use(client, x86_bundle, ssh_host, tmp_path):
+    port = _free_port()
+    name = f"edgeopt-test-{os.getpid()}"
+    try:
+        proc = cli("deploy", x86_bundle["path"], "--docker-host", ssh_host, "--port", port, "--name", name, "--json", timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        d = json.loads(proc.stdout)
+        assert d["url"] == f"http://127.0.0.1:{port}" and d["name"] == name
+        status, raw = _get(d["url"] + "/v1/predict", BODY)
+        assert status == 200 and len(json.loads(raw)["predictions"]) == 3
+        c = client.containers.get(name)
+        assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        # deploying again replaces edgeopt's own container
+        proc = cli("deploy", x86_bundle["tag"], "--docker-host", ssh_host, "--port", port, "--name", name, "--json", timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert client.containers.get(name).id != c.id
+        # another container on the same port: one line naming the port
+        proc = cli("deploy", x86_bundle["tag"], "--docker-host", ssh_host, "--port", port, "--name", name + "-2", timeout=600)
+        msg = assert_clean_failure(proc, codes=(2,))
+        assert f"port {port}" in msg and "--port" in msg
+        with pytest.raises(Exception):
+            client.containers.get(name + "-2")  # nothing left behind
+    finally:
+        for n in (name, name + "-2"):
+            try:
+                client.containers.get(n).remove(force=True)
+            except Exception:
+                pass
+
+
+def test_deploy_refuses_a_port_a_process_holds(client, x86_bundle, ssh_host):
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        name = f"edgeopt-test-busy-{os.getpid()}"
+        proc = cli("deploy", x86_bundle["tag"], "--docker-host", ssh_host, "--port", port, "--name", name, timeout=600)
+        msg = assert_clean_failure(proc, codes=(2,))
+        assert f"port {port}" in msg
+        with pytest.raises(Exception):
+            client.containers.get(name)
+
+
+def test_remote_bench_over_ssh(x86_bundle, ssh_host, tmp_path, text_jsonl):
+    out = tmp_path / "remote.json"
+    proc = cli("bench", x86_bundle["path"], "--docker-host", ssh_host, "--data", text_jsonl, "--batch-sizes", "1,4",
+               "--runs", "5", "--warmup", "1", "--json-out", out, "--json", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert [r["batch_size"] for r in rep["rows"]] == [1, 4]
+    assert all(r["p50_ms"] > 0 and r["format"] == "onnx" for r in rep["rows"])
+    assert rep["rows"][0]["accuracy"] is not None  # labelled data went into the container
+    m = rep["machine"]
+    assert m["docker_host"] == ssh_host and m["target"] == "x86" and m["cores"] >= 1 and m["cpu"]
+    assert m["arch"] == "x86_64"
+    assert json.loads(out.read_text())["rows"] == rep["rows"]
+    # the table (no --json) names the device
+    proc = cli("bench", x86_bundle["tag"], "--docker-host", ssh_host, "--batch-sizes", "1", "--runs", "3", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert f"edgeopt bench on {ssh_host}" in proc.stdout and "cores" in proc.stdout
+
+
+def test_unreachable_docker_host_is_one_line(x86_bundle):
+    proc = cli("deploy", x86_bundle["tag"], "--docker-host", "ssh://root@127.0.0.1:1", timeout=120)
+    msg = assert_clean_failure(proc, codes=(1,))
+    assert "ssh://root@127.0.0.1:1" in msg
+
+
+def test_push_without_a_reachable_registry_is_one_line(client, cls_onnx, tmp_path):
+    base = _base(client, AMD64_BASES, "amd64")
+    tag = f"127.0.0.1:{_free_port()}/edgeopt-test/cls:push"
+    proc = cli("package", cls_onnx.path, "--target", "x86", "-o", tmp_path / "b", "--base-image", base, "--build",
+               "--push", "--tag", tag, timeout=1200)
+    try:
+        msg = assert_clean_failure(proc, codes=(1,))
+        assert f"push of {tag}" in msg and "127.0.0.1" in msg
+        assert (tmp_path / "b" / "bundle.json").is_file()  # the bundle and the image stay
+    finally:
+        try:
+            client.images.remove(tag, force=True)
+        except Exception:
+            pass
+
+
+def _binfmt_aarch64() -> bool:
+    p = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    return p.is_file() and "enabled" in p.read_text()
+
+
+def test_rpi5_image_builds_and_runs_under_qemu(client, cls_onnx, tmp_path, ssh_host):
+    if not _binfmt_aarch64():
+        pytest.skip("no qemu-aarch64 binfmt handler (install qemu-user-static >= 8 from bookworm-backports; CI: .ci/setup-docker)")
+    base = _base(client, ARM64_BASES, "arm64")
+    tag = f"edgeopt-test/cls:rpi5-{os.getpid()}"
+    proc = cli("package", cls_onnx.path, "--target", "rpi5", "-o", tmp_path / "b", "--base-image", base, "--build",
+               "--tag", tag, "--json", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    b = json.loads(proc.stdout)
+    assert b["platform"] == "linux/arm64" and b["image"]["architecture"] == "arm64"
+    assert any(w.endswith("aarch64.whl") for w in b["files"] if w.startswith("wheels/onnxruntime-"))
+    port = _free_port()
+    c = client.containers.run(tag, detach=True, platform="linux/arm64", environment={"QEMU_CPU": "cortex-a76"},
+                              ports={"8000/tcp": ("127.0.0.1", port)})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, c, 600)
+        assert c.exec_run(["uname", "-m"]).output.decode().strip() == "aarch64"
+        status, raw = _get(url + "/v1/predict", BODY, timeout=120)
+        assert status == 200
+        # ARM's kernels round differently from x86's: same labels, scores within 1e-4
+        _same_predictions(json.loads(raw), _in_process(cls_onnx.path, BODY), atol=1e-4)
+        # an arm64 image is refused by an amd64 device, before anything is shipped or started
+        proc = cli("deploy", tag, "--docker-host", ssh_host, "--port", _free_port(), timeout=600)
+        msg = assert_clean_failure(proc, codes=(2,))
+        assert "arm64" in msg and "amd64" in msg
+    finally:
+        c.remove(force=True)
+        try:
+            client.images.remove(tag, force=True)
+        except Exception:
+            pass
