@@ -57,8 +57,8 @@ def _make_venv(tmp: Path, extras: str = "") -> Venv:
     building it writes nothing into the checkout."""
     src = tmp / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("edgeopt", "targets", "examples"):
-        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("edgeopt", "targets", "examples", "docker"):  # edgeopt/_docker links to ../docker
+        shutil.copytree(REPO / name, src / name, ignore=ignore, symlinks=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
     venv = Venv(tmp / "venv")
