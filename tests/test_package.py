@@ -419,9 +419,6 @@ def test_edgeopt_wheel_is_valid(built_wheel):
     check_edgeopt_wheel(built_wheel)
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: build_edgeopt_wheel reads METADATA of whichever 'edgeopt' "
-                   "distribution importlib.metadata finds first; an egg-info (PKG-INFO, no METADATA) gives an empty "
-                   "METADATA, a wheel pip cannot install")
 def test_wheel_metadata_with_an_egg_info_first(tmp_path, monkeypatch):
     """A checkout on sys.path holding edgeopt.egg-info (what `python -m ...` from the checkout sees)."""
     egg = tmp_path / "edgeopt.egg-info"
