@@ -89,35 +89,30 @@ def input_paths(*things: Any) -> list[Path]:
     return out
 
 
-def is_artifact_dir(p: Path) -> bool:
-    """A folder whose manifest.json edgeopt wrote, holding nothing but the files it lists (a folder
-    where someone also keeps their own files is theirs, not an artifact to replace)."""
-    mf = p / MANIFEST
-    if not mf.is_file():
-        return False
-    try:
-        data = json.loads(mf.read_text())
-    except (OSError, ValueError):
-        return False
-    if not (isinstance(data, dict) and {"schema_version", "edgeopt_version", "format", "io"} <= set(data)):
-        return False
-    listed = set(data.get("files") or {}) | {MANIFEST}
-    return all(f.relative_to(p).as_posix() in listed for f in p.rglob("*") if not f.is_dir())
-
-
-def is_bundle_dir(p: Path) -> bool:
-    """A folder `edgeopt package` wrote: bundle.json with edgeopt's mark and only the files it lists."""
-    f = p / BUNDLE_FILE
+def _holds_only_listed(p: Path, description: str, ours) -> bool:
+    """``p/description`` is JSON that ``ours(data)`` accepts, and ``p`` holds nothing but the files
+    its "files" lists (a folder where someone also keeps their own files is theirs to keep)."""
+    f = p / description
     if not f.is_file():
         return False
     try:
         data = json.loads(f.read_text())
     except (OSError, ValueError):
         return False
-    if not (isinstance(data, dict) and next(iter(data.items()), None) == ("kind", BUNDLE_MARK)):
+    if not (isinstance(data, dict) and ours(data)):
         return False
-    listed = set(data.get("files") or {}) | {BUNDLE_FILE}
+    listed = set(data.get("files") or {}) | {description}
     return all(x.relative_to(p).as_posix() in listed for x in p.rglob("*") if not x.is_dir())
+
+
+def is_artifact_dir(p: Path) -> bool:
+    """A folder whose manifest.json edgeopt wrote, holding nothing but the files it lists."""
+    return _holds_only_listed(p, MANIFEST, lambda d: {"schema_version", "edgeopt_version", "format", "io"} <= set(d))
+
+
+def is_bundle_dir(p: Path) -> bool:
+    """A folder `edgeopt package` wrote: bundle.json with edgeopt's mark and only the files it lists."""
+    return _holds_only_listed(p, BUNDLE_FILE, lambda d: next(iter(d.items()), None) == ("kind", BUNDLE_MARK))
 
 
 def is_report_dir(p: Path) -> bool:

@@ -770,3 +770,11 @@ def test_device_info_empty_host_root(tmp_path, monkeypatch):
 
     monkeypatch.setenv("EDGEOPT_HOST_ROOT", str(tmp_path))
     assert device_info() == {}
+
+
+def test_data_archive_refuses_data_of_the_wrong_kind(text_jsonl):
+    from edgeopt.errors import ConfigError
+    from edgeopt.package.deploy import _data_archive
+
+    with pytest.raises(ConfigError, match="text data for a model that takes image input"):
+        _data_archive(str(text_jsonl), "image-classification")

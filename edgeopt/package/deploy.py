@@ -8,17 +8,17 @@ import io
 import json
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
-from ..errors import ConfigError, DockerUnavailable, StageError, TargetError
+from ..errors import ConfigError, StageError, TargetError
 from ..outputs import BUNDLE_FILE
 from .engine import connect, engine_arch, image_arch, ship
 
-CONTAINER_PORT_LABEL = "io.edgeopt.port"
 
 
 class Deployment(BaseModel):
@@ -31,9 +31,8 @@ class Deployment(BaseModel):
     ready_s: float  # from container start to /readyz answering 200
 
 
-def resolve_image(ref: str, local, on_status: Callable[[str], None]) -> tuple[str, dict]:
-    """An image tag from IMAGE or BUNDLE (a bundle's image is built here if this engine lacks it);
-    with the bundle's description, if any."""
+def resolve_image(ref: str, local, on_status: Callable[[str], None]) -> str:
+    """An image tag from IMAGE or BUNDLE (a bundle's image is built here if this engine lacks it)."""
     p = Path(ref).expanduser()
     if (p / BUNDLE_FILE).is_file():
         from .build import build_bundle
@@ -47,7 +46,7 @@ def resolve_image(ref: str, local, on_status: Callable[[str], None]) -> tuple[st
         except Exception:
             on_status(f"building {b.tag} from {b.path}")
             b = build_bundle(p, client=local, on_status=on_status)
-        return b.tag, b.model_dump(mode="json")
+        return b.tag
     if p.exists():
         raise ConfigError(f"{ref}: a folder but not an edgeopt bundle (no {BUNDLE_FILE}); give a bundle from `edgeopt package` or an image name")
     try:
@@ -55,7 +54,7 @@ def resolve_image(ref: str, local, on_status: Callable[[str], None]) -> tuple[st
     except Exception:
         raise ConfigError(f"{ref}: no such image on the local Docker engine, and not a bundle folder; build it with "
                           "`edgeopt package ARTIFACT --target T -o BUNDLE --build`") from None
-    return ref, {}
+    return ref
 
 
 def _check_arch(local, remote, tag: str, docker_host: str) -> str:
@@ -67,8 +66,35 @@ def _check_arch(local, remote, tag: str, docker_host: str) -> str:
     return arch
 
 
-def _labels(remote, tag: str) -> dict:
-    return remote.images.get(tag).attrs.get("Config", {}).get("Labels") or {}
+@dataclass
+class _Shipped:
+    """An image on the device's engine, with what starting it there takes."""
+    remote: Any  # docker.DockerClient
+    tag: str
+    labels: dict
+    shipped: bool
+    run_kwargs: dict  # the NVIDIA runtime and the engine-cache volume, for the targets that need them
+
+
+def _ship_to(ref: str, docker_host: str, on_status: Callable[[str], None]) -> _Shipped:
+    """Connect to both engines, resolve (or build) the image, check its architecture against the
+    device's, and copy it there unless it is already there."""
+    from ..targets import get_target
+
+    local = connect()
+    remote = connect(docker_host)
+    tag = resolve_image(ref, local, on_status)
+    _check_arch(local, remote, tag, docker_host)
+    shipped = ship(local, remote, tag, on_progress=on_status)
+    labels = remote.images.get(tag).attrs.get("Config", {}).get("Labels") or {}
+    target = labels.get("io.edgeopt.target")
+    spec = get_target(target) if target else None
+    kwargs: dict = {}
+    if spec is not None and spec.engine.policy == "build-on-device":
+        kwargs["volumes"] = {"edgeopt-engines": {"bind": spec.engine.cache_dir, "mode": "rw"}}
+    if spec is not None and spec.docker is not None and spec.docker.runtime:
+        kwargs["runtime"] = spec.docker.runtime
+    return _Shipped(remote=remote, tag=tag, labels=labels, shipped=shipped, run_kwargs=kwargs)
 
 
 def _host_of(docker_host: str) -> str:
@@ -78,32 +104,19 @@ def _host_of(docker_host: str) -> str:
 
 def deploy(ref: str, docker_host: str, port: int = 8000, name: Optional[str] = None, wait_s: float = 300,
            env: Optional[dict[str, str]] = None, on_status: Callable[[str], None] = lambda s: None) -> Deployment:
-    local = connect()
-    remote = connect(docker_host)
-    tag, _ = resolve_image(ref, local, on_status)
-    _check_arch(local, remote, tag, docker_host)
-    shipped = ship(local, remote, tag, on_progress=on_status)
-    labels = _labels(remote, tag)
-    target = labels.get("io.edgeopt.target", "")
+    sh = _ship_to(ref, docker_host, on_status)
+    remote, tag, target = sh.remote, sh.tag, sh.labels.get("io.edgeopt.target", "")
     name = name or "edgeopt-" + (tag.rsplit("/", 1)[-1].split(":")[0] or "model")
     _remove_previous(remote, name, docker_host)
     _check_port(remote, port, docker_host)
-    from ..targets import get_target
-
-    spec = get_target(target) if target else None
-    kwargs: dict = {}
-    if spec is not None and spec.engine.policy == "build-on-device":
-        kwargs["volumes"] = {"edgeopt-engines": {"bind": spec.engine.cache_dir, "mode": "rw"}}
-    if spec is not None and spec.docker is not None and spec.docker.runtime:
-        kwargs["runtime"] = spec.docker.runtime
-    container_port = int(labels.get(CONTAINER_PORT_LABEL, 0) or 0) or _exposed_port(remote, tag)
+    container_port = _exposed_port(remote, tag)
     on_status(f"starting {name} on {docker_host}")
     import docker
 
     try:
         c = remote.containers.run(tag, detach=True, name=name, ports={f"{container_port}/tcp": port},
                                   restart_policy={"Name": "unless-stopped"}, environment=env or {},
-                                  labels={"io.edgeopt.deployed": "1"}, **kwargs)
+                                  labels={"io.edgeopt.deployed": "1"}, **sh.run_kwargs)
     except docker.errors.APIError as e:
         msg = " ".join((e.explanation or str(e)).split())
         if "port is already allocated" in msg or "address already in use" in msg:
@@ -124,7 +137,7 @@ def deploy(ref: str, docker_host: str, port: int = 8000, name: Optional[str] = N
         raise StageError(f"{name} on {docker_host} did not become ready within {wait_s:.0f} s (state {state}); "
                          f"last log line: {logs[-1] if logs else 'none'}; see `docker logs {name}` there")
     return Deployment(url=f"http://{_host_of(docker_host)}:{port}", name=name, image=tag, docker_host=docker_host,
-                      container_id=c.id, shipped=shipped, ready_s=time.monotonic() - t0)
+                      container_id=c.id, shipped=sh.shipped, ready_s=time.monotonic() - t0)
 
 
 def _exposed_port(client, tag: str) -> int:
@@ -190,32 +203,20 @@ def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str
     its machine labelled with the device (CPU, cores, board, L4T release)."""
     from ..bench.core import BenchReport
 
-    local = connect()
-    remote = connect(docker_host)
-    tag, _ = resolve_image(ref, local, on_status)
-    _check_arch(local, remote, tag, docker_host)
-    ship(local, remote, tag, on_progress=on_status)
-    labels = _labels(remote, tag)
-    from ..targets import get_target
-
-    target = labels.get("io.edgeopt.target")
-    spec = get_target(target) if target else None
-    cmd = ["bench", "/opt/model", "--json", *args]
     payload = None
-    if data:
-        payload, name = _data_archive(data, labels.get("io.edgeopt.task"))
+    if data:  # a bad file or the wrong kind of data fails here, before anything is shipped
+        payload, name = _data_archive(data, _image_task(ref))
+    sh = _ship_to(ref, docker_host, on_status)
+    remote, tag, labels, target = sh.remote, sh.tag, sh.labels, sh.labels.get("io.edgeopt.target")
+    cmd = ["bench", "/opt/model", "--json", *args]
+    if payload is not None:
         cmd += ["--data", f"/tmp/edgeopt-data/{name}"]
-    kwargs: dict = {}
-    if spec is not None and spec.docker is not None and spec.docker.runtime:
-        kwargs["runtime"] = spec.docker.runtime
-    if spec is not None and spec.engine.policy == "build-on-device":
-        kwargs["volumes"] = {"edgeopt-engines": {"bind": spec.engine.cache_dir, "mode": "rw"}}
     import docker
 
     mounts = [docker.types.Mount("/host/etc", "/etc", type="bind", read_only=True),
               docker.types.Mount("/host/sys/firmware", "/sys/firmware", type="bind", read_only=True)]
     c = remote.containers.create(tag, entrypoint=["/opt/edgeopt/bin/edgeopt"], command=cmd, mounts=mounts,
-                                 environment={"EDGEOPT_HOST_ROOT": "/host", "EDGEOPT_QUIET": "1"}, **kwargs)
+                                 environment={"EDGEOPT_HOST_ROOT": "/host", "EDGEOPT_QUIET": "1"}, **sh.run_kwargs)
     try:
         if payload is not None:
             c.put_archive("/tmp", payload)
@@ -248,21 +249,31 @@ def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str
     return report
 
 
+def _image_task(ref: str) -> Optional[str]:
+    """The task of a bundle's model (None for an image name: then the data's kind is checked in the image)."""
+    p = Path(ref).expanduser()
+    if (p / BUNDLE_FILE).is_file():
+        from .bundle import load_bundle
+
+        return load_bundle(p).model.get("task")
+    return None
+
+
 def _data_archive(data: str, task: Optional[str]) -> tuple[bytes, str]:
     """A tar for put_archive with the bench data as a file the image can read (sklearn: specs are
-    converted to .npz here: the image has no scikit-learn)."""
+    converted to .npz here: the image has no scikit-learn). Checked here against the model's task."""
     import numpy as np
 
     from ..data import load_dataset
 
     p = Path(data).expanduser()
+    ds = load_dataset(p if p.is_file() else data)  # a bad file fails here, with the host path
+    want = None if task is None else ("image" if task.startswith("image") else "text")
+    if want is not None and ds.kind != want:
+        raise ConfigError(f"--data {data}: {ds.kind} data for a model that takes {want} input")
     if p.is_file():
         body, name = p.read_bytes(), p.name
-        load_dataset(p)  # a bad file fails here, with the host path, not in the container
     else:
-        ds = load_dataset(data)
-        if ds.kind != "image":
-            raise ConfigError(f"--data {data}: give a .jsonl file for text models")
         buf = io.BytesIO()
         arrays = {"images": np.asarray(ds.samples, np.float32)}
         if ds.labels is not None:
@@ -280,4 +291,4 @@ def _data_archive(data: str, task: Optional[str]) -> tuple[bytes, str]:
     return tar.getvalue(), name
 
 
-__all__ = ["Deployment", "deploy", "remote_bench", "DockerUnavailable"]
+__all__ = ["Deployment", "deploy", "remote_bench"]

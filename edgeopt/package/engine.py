@@ -12,10 +12,6 @@ from ..errors import ConfigError, DockerUnavailable, StageError
 ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
-def describe_host(url: Optional[str]) -> str:
-    return url or "the local Docker engine"
-
-
 def check_host_url(url: str) -> None:
     u = urlparse(url)
     if u.scheme not in ("ssh", "tcp", "unix", "http", "https") or (u.scheme == "ssh" and not u.hostname):
