@@ -254,8 +254,8 @@ ORT_CPU_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.
 
 
 def unsupported_ops(spec: TargetSpec, model_path: Path) -> Optional[list[str]]:
-    """Ops of an ONNX graph that the target's runtime cannot run, one line each naming the op, its
-    node and the fix; [] when it can run them all, None when the onnx package (an extra) is absent."""
+    """Ops of an ONNX graph that the target's runtime cannot run, one line per reason naming each op
+    (with a node using it) and the fix; [] when it can run them all, None when the onnx package (an extra) is absent."""
     try:
         import onnx
     except ImportError:
@@ -266,24 +266,26 @@ def unsupported_ops(spec: TargetSpec, model_path: Path) -> Optional[list[str]]:
     for fn in model.functions:  # local functions (dynamo exports) hold nodes too
         nodes.extend(fn.node)
     local = {(f.domain, f.name) for f in model.functions}
-    problems: dict[str, str] = {}
+    # why -> {op: "op X (node 'n')"}: each reason and its fix is said once, with every op it covers
+    why_fix = {
+        "contrib": ("ONNX Runtime contrib ops, which TensorRT cannot parse",
+                    f"re-export with `edgeopt export MODEL --target {spec.name}` (no fusions)"),
+        "integer": ("ONNX Runtime's integer quantization, which TensorRT cannot run",
+                    f"quantize with `edgeopt quantize --ptq static --calib DATA --target {spec.name}` (Q/DQ) or `--qat`"),
+        "custom": ("custom ops that ONNX Runtime's CPU provider does not have", "export the model without them"),
+    }
+    found: dict[str, dict[str, str]] = {}
     for n in nodes:
         if (n.domain, n.op_type) in local:
             continue
         op = f"{n.domain}.{n.op_type}" if n.domain not in STANDARD_DOMAINS else n.op_type
-        if op in problems:
-            continue
         if spec.runtime == "tensorrt":
-            if n.domain not in STANDARD_DOMAINS:
-                problems[op] = (f"op {op} (node '{n.name}') is an ONNX Runtime contrib op that TensorRT cannot parse; "
-                                f"re-export with `edgeopt export MODEL --target {spec.name}` (no fusions)")
-            elif n.op_type in TENSORRT_REJECTS:
-                problems[op] = (f"op {op} (node '{n.name}') is ONNX Runtime's integer quantization, which TensorRT cannot "
-                                f"run; quantize with `edgeopt quantize --ptq static --calib DATA --target {spec.name}` (Q/DQ) "
-                                "or `--qat`")
-        elif n.domain not in ORT_CPU_DOMAINS:
-            problems[op] = (f"op {op} (node '{n.name}') is a custom op that ONNX Runtime's CPU provider does not have; "
-                            "export the model without it")
+            why = "contrib" if n.domain not in STANDARD_DOMAINS else "integer" if n.op_type in TENSORRT_REJECTS else None
+        else:
+            why = "custom" if n.domain not in ORT_CPU_DOMAINS else None
+        if why is not None:
+            found.setdefault(why, {}).setdefault(op, f"op {op} (node '{n.name}')")
+    problems = {why: f"{', '.join(ops.values())}: {why_fix[why][0]}; {why_fix[why][1]}" for why, ops in found.items()}
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), None)
     if spec.export.max_opset is not None and opset is not None and opset > spec.export.max_opset:
         problems["opset"] = (f"opset {opset} is newer than target '{spec.name}' parses ({spec.export.max_opset}); "
