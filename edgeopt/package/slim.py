@@ -61,5 +61,9 @@ def slim(venv: Path) -> int:
 
 
 if __name__ == "__main__":
+    # --keep PATH: a REMOVE entry the image needs (GPU images: onnxruntime/transformers, whose
+    # float16 converter casts graphs for TensorRT 11's strongly typed builds)
+    keep = {sys.argv[i + 1] for i, a in enumerate(sys.argv) if a == "--keep" and i + 1 < len(sys.argv)}
+    REMOVE[:] = [r for r in REMOVE if r not in keep]
     slim(Path(sys.argv[1]))
     subprocess.run([sys.executable, "-c", "import edgeopt"], check=True)
