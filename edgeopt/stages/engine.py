@@ -228,8 +228,10 @@ def judge(precision: str, record: dict, allclose: bool) -> list[str]:
     for out in record.get("outputs", []):
         name = out.get("name")
         top1, cos = out.get("top1_agreement"), out.get("cosine_min")
-        if allclose and out.get("ok") is False:
-            failures.append(f"{name}: max abs err {out.get('max_abs'):.3g}, max rel err {out.get('max_rel'):.3g}")
+        if out.get("shape_b") is not None:
+            failures.append(f"{name}: shape {out['shape_b']} != ONNX Runtime's {out.get('shape')}")
+        elif allclose and out.get("within_tolerance") is False:
+            failures.append(f"{name}: max abs err {out.get('max_abs_err'):.3g}, max rel err {out.get('max_rel_err'):.3g}")
         if top1 is not None and top1 < MIN_TOP1[precision]:
             failures.append(f"{name}: top-1 agreement {top1:.3f} < {MIN_TOP1[precision]}")
         if cos is not None and cos < MIN_COSINE[precision]:

@@ -138,8 +138,8 @@ class _Logger:
                 self.messages: list[tuple[str, str]] = []
 
             def log(self, severity, msg):
-                if severity <= trt.ILogger.Severity.WARNING:
-                    level = "error" if severity <= trt.ILogger.Severity.ERROR else "warning"
+                if int(severity) <= int(trt.ILogger.Severity.WARNING):  # INTERNAL_ERROR=0, ERROR=1, WARNING=2
+                    level = "error" if int(severity) <= int(trt.ILogger.Severity.ERROR) else "warning"
                     self.messages.append((level, str(msg)))
 
         return Logger()
@@ -185,9 +185,11 @@ def build_engine(req: BuildRequest) -> BuildResult:
     t0 = time.perf_counter()
     logger = _Logger(trt)
     builder = trt.Builder(logger)
+    trt.init_libnvinfer_plugins(logger, "")  # TensorRT's own plugins, for ONNX ops it implements as plugins
     flags = 0
-    for name in plan.network_flags:
-        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    for name in plan.network_flags:  # never integers: STRONGLY_TYPED is 1 in 10.x and 0 in 11.x (where it is the default)
+        if hasattr(trt.NetworkDefinitionCreationFlag, name):
+            flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -225,7 +227,7 @@ def build_engine(req: BuildRequest) -> BuildResult:
     engine_bytes = bytes(serialized)
     if req.timing_cache and not req.mark_all:
         _write_atomic(req.timing_cache, bytes(config.get_timing_cache().serialize()))
-    layers = inspect_layers(trt, engine_bytes, logger, req.version_compatible)
+    layers = inspect_layers(trt, engine_bytes, logger, req.version_compatible, req.profile)
     return BuildResult(engine=engine_bytes, layers=layers, machine=here, road=plan.road,
                        flags=[*plan.network_flags, *plan.builder_flags, *([f"hardware:{plan.hardware_compat}"] if plan.hardware_compat else [])],
                        fp16_cast=plan.fp16_cast, seconds=time.perf_counter() - t0,
@@ -243,14 +245,22 @@ def _mark_all(trt, network) -> None:
                 network.mark_output(t)
 
 
-def inspect_layers(trt, engine_bytes: bytes, logger, version_compatible: bool) -> list[Any]:
+def inspect_layers(trt, engine_bytes: bytes, logger, version_compatible: bool, profile: Profile) -> list[Any]:
+    """The engine's layers with their tensors' formats: an execution context with the profile's opt
+    shapes is attached, else a dynamic-shape engine reports "N/A due to dynamic shapes"."""
     runtime = trt.Runtime(logger)
     if version_compatible:
         runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise StageError("TensorRT built an engine it cannot load back")
+    context = engine.create_execution_context()
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and name in profile:
+            context.set_input_shape(name, profile[name][1])
     inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
     info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     return info.get("Layers", []) if isinstance(info, dict) else list(info)
 
