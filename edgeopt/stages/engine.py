@@ -136,6 +136,16 @@ def engine(model: Artifact | str | Path, out: str | Path, config: EngineConfig) 
         raise ConfigError(f"--timing-cache {cfg.timing_cache} is a folder; give a file (created if missing)")
 
     from ..tensorrt.build import BuildRequest, build_engine, expected_precision
+    from ..tensorrt.machine import import_tensorrt, machine
+
+    # TensorRT (exit 2 when missing) and a GPU (exit 1) before any work
+    if cfg.runtime == "tensorrt":
+        machine(import_tensorrt().__version__)
+    else:
+        from ..tensorrt.ort_ep import require_ep
+
+        require_ep("building an engine")
+        machine()
 
     with write_artifact(out, parent, cfg) as tmp:
         source = tmp / "source" / "model.onnx"
@@ -174,8 +184,9 @@ def engine(model: Artifact | str | Path, out: str | Path, config: EngineConfig) 
                    "build": {"builder": result.road, "flags": result.flags, "target": target,
                              "workspace_gb": cfg.workspace_gb, "timing_cache": bool(cfg.timing_cache),
                              "quantizer": cfg.quantizer, "fp16_cast": result.fp16_cast}})
-        expected_precision(cfg.precision, graph_precision if cfg.quantizer == "qdq" else "int8", result.layer_counts,
-                           road=result.road)
+        if cfg.runtime == "tensorrt":  # ONNX Runtime's EP does not expose the engine's layers
+            expected_precision(cfg.precision, graph_precision if cfg.quantizer == "qdq" else "int8", result.layer_counts,
+                               road=result.road)
         manifest.metrics = {"size_bytes": sum(f.stat().st_size for f in [tmp / result.file, *(tmp / f for f in result.engine_files)]),
                             "build_seconds": round(result.seconds, 2), "layers": result.layer_counts,
                             "check": _check(parent, Artifact(tmp, manifest), cfg)}
