@@ -73,13 +73,20 @@ def check_servable(art: Artifact, spec: TargetSpec) -> dict:
     if spec.docker is None:
         raise TargetError(f"target '{spec.name}' has no serving image ({spec.os}, Python {spec.python}; edgeopt's runtime "
                           f"needs Python >= 3.10); export and quantize for it, or package for another target")
-    if m.format != "onnx":
-        raise ConfigError(f"{art.path} is a {m.format} artifact; images serve ONNX: run `edgeopt export {art.path} "
-                          f"-o OUT --target {spec.name}` first and package OUT")
-    problems = unsupported_ops(spec, art.path / m.model.file)
+    if m.format == "trt" and spec.runtime == "tensorrt":
+        # An engine runs as it is where its key matches the device; elsewhere the image rebuilds it
+        # at first start from the ONNX it keeps (source/), into the engine-cache volume.
+        model_file = art.path / m.model.source
+    elif m.format != "onnx":
+        raise ConfigError(f"{art.path} is a {m.format} artifact; images serve ONNX"
+                          + (" (TensorRT engines: on TensorRT targets)" if m.format == "trt" else "")
+                          + f": run `edgeopt export {art.path} -o OUT --target {spec.name}` first and package OUT")
+    else:
+        model_file = art.path / m.model.file
+    problems = unsupported_ops(spec, model_file)
     if problems:
         raise TargetError(f"{art.path} cannot run on target '{spec.name}': " + "; ".join(problems))
-    q = m.model.quantization or {}
+    q = getattr(m.model, "quantization", None) or {}
     if q and spec.runtime == "tensorrt" and not q.get("activation_symmetric", False):
         raise TargetError(f"{art.path} was quantized for '{q.get('target')}' with asymmetric int8, which TensorRT rejects "
                           f"(non-zero zero points); quantize the fp32 ONNX again with --target {spec.name}")
