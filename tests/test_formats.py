@@ -53,7 +53,7 @@ def test_unknown_format_names_the_known_ones():
 
 
 def test_handlers(cls_onnx, tiny_text_classifier, digits_torch):
-    assert set(HANDLERS) == {"hf", "torch", "onnx"}
+    assert set(HANDLERS) == {"hf", "torch", "onnx", "trt"}
     onnx_art = cls_onnx
     h = handler_for(onnx_art)
     assert [f.name for f in h.model_files(onnx_art)] == ["model.onnx"]
@@ -88,8 +88,12 @@ def test_older_manifest_values_still_load():
 
 
 def test_unsupported_format_in_a_manifest_is_one_clear_line(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "tflite", "task": "t", "io": IO.model_dump(), "model": {}}))
+    with pytest.raises(InputError, match="format 'tflite' is not supported by this edgeopt; known formats: hf, torch, onnx, trt"):
+        load_artifact(tmp_path)
+    # an engine manifest without its key (what it is bound to) is refused, naming the field
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "trt", "task": "t", "io": IO.model_dump(), "model": {}}))
-    with pytest.raises(InputError, match="format 'trt' is not supported by this edgeopt; known formats: hf, torch, onnx"):
+    with pytest.raises(InputError, match="model.trt.key: Field required"):
         load_artifact(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "onnx", "task": "t", "io": IO.model_dump(),
                                                          "model": {"opset": "x"}}))
