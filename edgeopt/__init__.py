@@ -24,6 +24,9 @@ _LAZY = {
     "get_target": "edgeopt.targets",
     "load_dataset": "edgeopt.data",
     "load_runtime": "edgeopt.runtime",
+    "compare": "edgeopt.compare",
+    "CompareConfig": "edgeopt.compare",
+    "CompareResult": "edgeopt.compare",
     "save_torch_artifact": "edgeopt.models.torch_module",
 }
 

@@ -109,7 +109,41 @@ def cast_fp16(model, block_ops: Iterable[str] = ()) -> Any:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    return convert_float_to_float16(model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS, *block_ops])
+    out = convert_float_to_float16(model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS, *block_ops])
+    _dedupe_and_sort(out.graph)
+    return out
+
+
+def _dedupe_and_sort(graph) -> None:
+    """Repair what the converter does to a float16 tensor read by several blocked nodes (a LayerNorm
+    bias shared across layers): one Cast per reader, all with the same name and output, appended
+    at the end. Keep one per output, then order the nodes topologically (ONNX requires it)."""
+    seen: set[str] = set()
+    nodes = []
+    for n in graph.node:
+        key = n.output[0] if n.op_type == "Cast" and n.output else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen.add(key)
+        nodes.append(n)
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, pending = [], nodes
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:  # inputs from outer scopes or a cycle: keep the rest as they were
+            ordered.extend(pending)
+            break
+        ready_ids = {id(n) for n in ready}
+        for n in ready:
+            ordered.append(n)
+            available.update(n.output)
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def float_types(model) -> set[str]:

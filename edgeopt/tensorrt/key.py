@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
@@ -53,8 +54,8 @@ class EngineKey(BaseModel):
 def version_tuple(version: str) -> tuple[int, ...]:
     out = []
     for part in version.split(".")[:4]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
+        m = re.match(r"\d+", part)  # "0b6" (a beta) is 0, not 6
+        out.append(int(m.group()) if m else 0)
     return tuple(out)
 
 

@@ -95,7 +95,7 @@ class OrtTrtRuntime:
         if not path.is_file():
             raise InputError(f"{path}: the EP-context model is missing; rebuild the engine")
         opts = ep_options(info.key.profiles, info.precision, engine_cache=Path(artifact.path) / ENGINE_DIR,
-                          graph_int8=info.precision in ("int8", "best"))
+                          graph_int8="trt_int8_enable" in info.build.get("flags", []))  # as it was built
         self.session = open_session(path, providers=[(EP, opts), "CUDAExecutionProvider", "CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [t.name for t in artifact.manifest.io.outputs]

@@ -130,7 +130,8 @@ def check_within(profile: Profile, shapes: dict[str, Sequence[int]]) -> None:
             if not a <= d <= b:
                 raise InputError(f"input '{name}' has shape {_show(shape)}: dimension {i} = {d} is outside the engine's "
                                  f"profile [{a}, {b}]; send smaller batches or shorter inputs, or rebuild the engine "
-                                 f"with --shapes {name}:{'x'.join(map(str, lo))}:{'x'.join(map(str, profile[name][1]))}:"
+                                 f"with --shapes {name}:{'x'.join(map(str, [min(x, y) for x, y in zip(lo, shape)]))}:"
+                                 f"{'x'.join(map(str, profile[name][1]))}:"
                                  f"{'x'.join(map(str, [max(x, y) for x, y in zip(hi, shape)]))}")
 
 
