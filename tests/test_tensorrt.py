@@ -1307,3 +1307,46 @@ def test_below_the_profile_minimum_suggests_a_lower_minimum():
 
     with pytest.raises(InputError, match=r"dimension 1 = 8 is outside the engine's profile \[16, 512\].*--shapes input_ids:1x8:8x128:32x512"):
         check_within({"input_ids": [[1, 16], [8, 128], [32, 512]]}, {"input_ids": (8, 8)})
+
+
+def _modelopt_available() -> bool:
+    try:
+        from edgeopt.tensorrt.modelopt import modelopt_python
+
+        modelopt_python()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _modelopt_available(), reason="NVIDIA ModelOpt is not set up (.ci/setup-modelopt, then EDGEOPT_MODELOPT_PYTHON)")
+def test_modelopt_ptq_makes_a_tensorrt_legal_qdq_graph(gpu_export, text_jsonl, tmp_path):
+    """--quantizer modelopt's first half, for real: ModelOpt's ONNX PTQ in its own venv, calibrated on
+    real tokenized text on the CPU; the Q/DQ graph meets TensorRT's rules and runs in ONNX Runtime."""
+    import onnxruntime as ort
+
+    from edgeopt.metrics import sample_dataset
+    from edgeopt.models.preprocess import Preprocessor
+    from edgeopt.tensorrt.modelopt import quantize_for_tensorrt
+
+    src = gpu_export.path / "model.onnx"
+    before = src.read_bytes()
+    out = quantize_for_tensorrt(gpu_export, src, tmp_path / "work", str(text_jsonl), 32)
+    assert src.read_bytes() == before  # ModelOpt rewrites its input: it gets a copy
+    q = g.load(out)
+    assert g.precision_of(q) == "int8" and g.qdq_problems(q) == []
+    zero_points = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points
+    feeds = Preprocessor(gpu_export)(sample_dataset(gpu_export, 8).samples)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert got.shape == ref.shape and np.isfinite(got).all()
+
+
+def test_modelopt_missing_is_one_line(monkeypatch, tmp_path):
+    from edgeopt.errors import MissingDependencyError
+    from edgeopt.tensorrt.modelopt import modelopt_python
+
+    monkeypatch.setenv("EDGEOPT_MODELOPT_PYTHON", str(tmp_path / "no-such-python"))
+    with pytest.raises(MissingDependencyError, match="nvidia-modelopt.*EDGEOPT_MODELOPT_PYTHON=.*does not exist"):
+        modelopt_python()
