@@ -124,8 +124,7 @@ def engine(model: Artifact | str | Path, out: str | Path, config: EngineConfig) 
         g.check_qdq(onnx_model, src, target)
         if cfg.quantizer == "modelopt":
             raise ConfigError(f"{parent.path} is already quantized (Q/DQ nodes); --quantizer modelopt quantizes a float graph")
-        if cfg.precision in ("fp32", "fp16"):
-            g.require_standard(cfg.precision, onnx_model, src)
+        g.require_standard(cfg.precision, onnx_model, src)
     elif cfg.precision == "int8" and cfg.quantizer == "qdq":
         raise ConfigError(f"{parent.path} has no Q/DQ nodes, and TensorRT 10+ takes int8 from them (calibrators are "
                           "deprecated, and gone in TensorRT 11): quantize first (`edgeopt quantize --qat`, or `--ptq static "

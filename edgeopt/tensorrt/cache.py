@@ -18,6 +18,7 @@ from typing import Optional
 from ..artifact import Artifact, load_artifact
 from ..errors import ConfigError
 from .key import EngineKey, EngineMismatch, check_key
+from .profiles import shape_args
 
 log = logging.getLogger("edgeopt.tensorrt")
 
@@ -89,6 +90,5 @@ def engine_for(artifact: Artifact, target: str, cache_dir: Optional[Path] = None
                 log.info("engine cache hit: %s", folder)
                 return cached
         log.warning("building the %s TensorRT engine for %s on %s (first start; cached in %s)", precision, target, here.gpu, folder)
-        shapes = [f"{n}:" + ":".join("x".join(map(str, s)) for s in shapes) for n, shapes in profile.items()]
-        return engine(artifact, folder, EngineConfig(precision=precision, target=spec.name, shapes=shapes,
+        return engine(artifact, folder, EngineConfig(precision=precision, target=spec.name, shapes=shape_args(profile),
                                                      timing_cache=str(root / "timing.cache")))

@@ -41,7 +41,7 @@ def _constants(model) -> dict[str, np.ndarray]:
     return {k: numpy_helper.to_array(v) for k, v in out.items()}
 
 
-def _load(path: Path):
+def load(path: Path):
     import onnx
 
     try:
@@ -183,10 +183,6 @@ def precision_of(model) -> Optional[str]:
     if has_qdq(model):
         return "int8"
     return "fp16" if "float16" in float_types(model) else "fp32"
-
-
-def load(path: Path):
-    return _load(path)
 
 
 def require_standard(precision: str, model, path: Path) -> None:

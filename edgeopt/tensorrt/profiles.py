@@ -118,6 +118,11 @@ def format_profile(profile: Profile) -> str:
     return ", ".join(f"{n}:" + "..".join("x".join(map(str, s)) for s in shapes) for n, shapes in profile.items())
 
 
+def shape_args(profile: Profile) -> list[str]:
+    """The profile as ``--shapes`` values (NAME:MIN:OPT:MAX), e.g. to rebuild an engine with it."""
+    return [f"{n}:" + ":".join("x".join(map(str, s)) for s in shapes) for n, shapes in profile.items()]
+
+
 def check_within(profile: Profile, shapes: dict[str, Sequence[int]]) -> None:
     """Refuse input shapes outside the engine's profile, naming the input, the dimension and the range."""
     for name, shape in shapes.items():
