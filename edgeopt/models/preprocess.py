@@ -54,6 +54,19 @@ class Preprocessor:
             enc = self._tokenizer(list(texts), padding="max_length", max_length=seq_len)
         else:
             enc = self._tokenizer(list(texts), padding="longest", max_length=spec.max_length)
+        return self._feeds(enc)
+
+    def tokenize(self, texts: Sequence[str]) -> list:
+        """Texts -> one unpadded ``Tokens`` each (truncated to max_length); ``collate`` batches them.
+        ``collate(tokenize(texts))`` equals ``text(texts)``; the server uses the pair to know each
+        text's cost (its token count) before it chooses a batch."""
+        assert isinstance(self.spec, TextPreprocessing)
+        return self._tokenizer.encode(list(texts), max_length=self.spec.max_length)
+
+    def collate(self, tokens: Sequence) -> dict[str, np.ndarray]:
+        return self._feeds(self._tokenizer.pad(tokens))
+
+    def _feeds(self, enc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
         for name in self.input_names:
             if name in enc:

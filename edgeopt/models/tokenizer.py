@@ -237,25 +237,74 @@ class TextTokenizer:
                  padding: str = "longest") -> dict[str, np.ndarray]:
         """Tokenize a batch: truncate to ``max_length`` (None: the model's limit) and pad to the batch's
         longest ("longest") or to ``max_length`` ("max_length"). int64 arrays of shape (batch, length)."""
+        if padding not in ("longest", "max_length"):
+            raise InputError(f"padding is {padding!r}; use 'longest' or 'max_length'")
+        texts, max_length, truncate, pad = self._plan(texts, max_length, padding)
+        encodings = self._encode(texts, max_length, truncate, pad, length=max_length if padding == "max_length" else None)
+        width = len(encodings[0].ids) if encodings else (max_length if padding == "max_length" and max_length else 0)
+        if any(len(e.ids) != width for e in encodings):
+            raise InputError("the tokenized batch is ragged; tokenize one text at a time or pass padding='max_length'")
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(encodings), width)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(encodings), width)
+        if self._zero_types:
+            types = np.zeros_like(ids)
+        else:
+            types = np.asarray([e.type_ids for e in encodings], dtype=np.int64).reshape(len(encodings), width)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def encode(self, texts: Sequence[str], *, max_length: int | None = None) -> list[Tokens]:
+        """Tokenize without padding, truncated as ``__call__`` truncates: one ``Tokens`` per text, whose
+        length is what it costs in a batch. ``pad`` makes the batch ``__call__(texts)`` would have made."""
+        texts, max_length, truncate, _ = self._plan(texts, max_length, "longest")  # checks the padding token too
+        return [Tokens(np.asarray(e.ids, dtype=np.int64), np.asarray(e.type_ids, dtype=np.int64))
+                for e in self._encode(texts, max_length, truncate, False)]
+
+    def pad(self, tokens: Sequence[Tokens]) -> dict[str, np.ndarray]:
+        """Texts ``encode`` tokenized -> the batch padded to its longest, exactly as ``__call__`` pads."""
+        self._require_pad()
+        n = len(tokens)
+        width = max((len(t) for t in tokens), default=0)
+        ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        for i, t in enumerate(tokens):
+            k = len(t)
+            cols = slice(width - k, width) if self.padding_side == "left" else slice(0, k)
+            ids[i, cols] = t.ids
+            mask[i, cols] = 1
+            if not self._zero_types:
+                types[i, cols] = t.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    @property
+    def _zero_types(self) -> bool:
+        return self.model_input_names is not None and "token_type_ids" not in self.model_input_names
+
+    def _plan(self, texts, max_length: int | None, padding: str):
+        """Checked texts, and the truncation/padding transformers would apply (_get_padding_truncation_strategies)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
         for t in texts:
             if not isinstance(t, str):
                 raise InputError(f"text inputs must be strings, got {type(t).__name__}")
-        if padding not in ("longest", "max_length"):
-            raise InputError(f"padding is {padding!r}; use 'longest' or 'max_length'")
-        truncate = True
-        pad = True
-        if max_length is None:  # _get_padding_truncation_strategies
+        truncate = pad = True
+        if max_length is None:
             if self.model_max_length > LARGE_INTEGER:
                 truncate = False
-                pad = padding != "max_length"
+                pad = padding != "max_length"  # no length to pad to
             else:
                 max_length = self.model_max_length
-        if pad and (self.pad_token is None or self.pad_token_id is None or self.pad_token_id < 0):
+        if pad:
+            self._require_pad()
+        return texts, max_length, truncate, pad
+
+    def _require_pad(self) -> None:
+        if self.pad_token is None or self.pad_token_id is None or self.pad_token_id < 0:
             raise InputError(f"{self.folder}: the tokenizer has no padding token, so a batch cannot be padded; "
                              "set pad_token in its tokenizer_config.json")
+
+    def _encode(self, texts: list[str], max_length: int | None, truncate: bool, pad: bool, length: int | None = None):
         with self._lock:
             tk = self._tk
             if truncate:
@@ -264,20 +313,23 @@ class TextTokenizer:
                 tk.no_truncation()
             if pad:
                 tk.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id, pad_type_id=0, pad_token=self.pad_token,
-                                  length=max_length if padding == "max_length" else None, pad_to_multiple_of=None)
+                                  length=length, pad_to_multiple_of=None)
             else:
                 tk.no_padding()
-            encodings = tk.encode_batch(texts, add_special_tokens=True) if texts else []
-        width = len(encodings[0].ids) if encodings else (max_length if padding == "max_length" and max_length else 0)
-        if any(len(e.ids) != width for e in encodings):
-            raise InputError("the tokenized batch is ragged; tokenize one text at a time or pass padding='max_length'")
-        ids = np.asarray([e.ids for e in encodings], dtype=np.int64).reshape(len(encodings), width)
-        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(encodings), width)
-        if self.model_input_names is not None and "token_type_ids" not in self.model_input_names:
-            types = np.zeros_like(ids)
-        else:
-            types = np.asarray([e.type_ids for e in encodings], dtype=np.int64).reshape(len(encodings), width)
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            return tk.encode_batch(texts, add_special_tokens=True) if texts else []
+
+
+class Tokens:
+    """One text tokenized without padding (``TextTokenizer.encode``); ``len()`` is its token count."""
+
+    __slots__ = ("ids", "type_ids")
+
+    def __init__(self, ids: np.ndarray, type_ids: np.ndarray):
+        self.ids = ids
+        self.type_ids = type_ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def tokenizer_folder(artifact) -> Path:

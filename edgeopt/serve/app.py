@@ -8,7 +8,6 @@ stack, the loader thread the runtime.
 """
 
 import asyncio
-import hmac
 import logging
 import os
 import threading
@@ -19,10 +18,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+from typing import Literal
+
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     ValidationError,
     create_model,
@@ -31,9 +33,12 @@ from pydantic import (
 from ..artifact import Artifact, Manifest, TextPreprocessing, load_artifact
 from ..errors import ConfigError
 from .codecs import Codec, Options, RequestError, TensorsCodec, codec_for
+from .workers import WorkerBoard
 
 log = logging.getLogger("edgeopt.serve")
 OPEN_ROUTES = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+JSON_ROUTES = {"/v1/predict"}
+FORM_ROUTES = {"/v1/predict/images"}
 FIELDS = ("inputs", "images", "tensors")  # PredictRequest's input fields, in the order messages name them
 
 ENV_PREFIX = "EDGEOPT_"  # ServeSettings.from_env: EDGEOPT_<FIELD>, e.g. EDGEOPT_MAX_BATCH
@@ -41,12 +46,18 @@ SETTINGS_ENV = "EDGEOPT_SERVE_SETTINGS"  # all settings as one JSON object (what
 BODY_MB_ENV = "EDGEOPT_MAX_BODY_MB"  # also read: `edgeopt serve --max-body-mb` takes megabytes
 # Set by serve() for its worker processes: the artifact path the parent already sha256-verified.
 VERIFIED_ENV = "EDGEOPT_SERVE_VERIFIED"
+# Set by serve() for its worker processes: the folder they share (readiness, metrics), removed at exit.
+SHARED_ENV = "EDGEOPT_SERVE_SHARED"
+CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never seen by the client
 
 
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     artifact: str
     max_batch: int = Field(16, ge=1, le=1024)
+    # a batch's padded tokens (items x longest): bounds one model call's work, so a heavy request
+    # is split into batches that alternate with others instead of holding the model for seconds
+    max_batch_tokens: int = Field(4096, ge=1)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     threads: int | None = Field(None, ge=1)
     target: str | None = None
@@ -56,6 +67,9 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     timeout_s: float = Field(30.0, gt=0)
     max_image_pixels: int = Field(4096 * 4096, ge=1)  # checked from the header, before decoding
+    workers: int = Field(1, ge=1, le=256)  # server processes; /readyz is 200 only when all are ready
+    access_log: bool = True
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def env_vars(cls) -> dict[str, str]:
@@ -138,7 +152,7 @@ def _predict_request_model(settings: ServeSettings, manifest: Manifest) -> type[
         images=(list[str] | None, Field(None, min_length=1, max_length=n,
                                            description=f"Base64-encoded images (PNG/JPEG...), 1..{n} per request.")),
         tensors=(dict[str, list] | None, Field(None, description="Raw input tensors by the model's IO spec (name -> nested lists).")),
-        top_k=(int, Field(1, ge=1, le=max(1, len(manifest.labels or [1])), description="Labels to return per input (classifiers).")),
+        top_k=(StrictInt, Field(1, ge=1, le=max(1, len(manifest.labels or [1])), description="Labels to return per input (classifiers).")),
     )
 
 
@@ -148,22 +162,39 @@ def _http_error(status: int, message: str):
     return JSONResponse({"error": message}, status_code=status)
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its prediction was done: the work was dropped."""
+
+
+async def _disconnected(receive) -> None:
+    """Returns when the client has gone away (the body was already read: the next message the
+    server has for this request is its disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class Predictor:
     """The model behind the routes: loads and warms it up off the event loop, and runs each
-    request through its codec: decode -> (micro-batcher) preprocess + model call -> encode."""
+    request through its codec: decode -> (micro-batcher) preprocess + model call -> encode.
 
-    def __init__(self, art: Artifact, settings: ServeSettings, metrics, concurrency: Callable[[], int]):
+    One deadline per request (``timeout_s``) covers decoding, the queue and the model; when it
+    passes, or the client disconnects, the request's queued work is dropped, never run."""
+
+    def __init__(self, art: Artifact, settings: ServeSettings, metrics, board: WorkerBoard | None = None):
         from .batcher import MicroBatcher
 
         self.art = art
         self.settings = settings
         self.metrics = metrics
+        self.board = board
         self.codec: Codec | None = codec_for(art, settings)  # None: the model takes raw tensors only
         self.tensors = TensorsCodec(art, settings)
         # exposed as app.state.serve_state; "ready"/"error" answer /readyz and guard predict
         self.state: dict[str, Any] = {"ready": False, "error": None, "rt": None}
+        self.decoding = 0  # requests admitted for prediction, not yet queued: company worth waiting for
         self.batcher = MicroBatcher(self._infer, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                                    on_batch=metrics.batch_size.observe, concurrency=concurrency)
+                                    max_tokens=settings.max_batch_tokens, on_batch=self._on_batch,
+                                    on_drop=metrics.dropped.inc, coming=lambda: self.decoding)
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgeopt-decode")
 
     async def start(self) -> None:
@@ -174,6 +205,9 @@ class Predictor:
     async def stop(self) -> None:
         await self.batcher.stop()
         self._decoder.shutdown(wait=False)
+        if self.board is not None:
+            self.board.leave()
+        self.metrics.worker_exit()
 
     def load(self) -> None:
         try:
@@ -186,13 +220,21 @@ class Predictor:
                     codec.setup(rt)
             self.state["rt"] = rt
             if self.codec is not None:  # warm up: first runs allocate and pick kernels
-                warm = sample_dataset(self.art, 4)
+                warm = self.codec.from_samples(sample_dataset(self.art, 4).samples)
                 for n in (1, min(4, self.settings.max_batch)):
-                    rt.run(self.codec.preprocess(warm.samples[:n]))
+                    rt.run(self.codec.preprocess(warm[:n]))
             self.state["ready"] = True
+            if self.board is not None:
+                self.board.ready()
         except Exception as e:  # surfaced by /readyz and predict
             log.exception("model failed to load")
             self.state["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+
+    def _on_batch(self, items: int, tokens: int) -> None:
+        self.metrics.batch_size.observe(items)
+        if self.codec is not None and self.codec.kind == "text":
+            self.metrics.batch_tokens.observe(tokens)
+        self.metrics.queue_depth.set(self.batcher.queued_items)
 
     def _infer(self, items: list) -> list:
         """One micro-batch, in the inference thread (the time includes preprocessing, as clients see it)."""
@@ -206,29 +248,63 @@ class Predictor:
             err = self.state["error"]
             raise RequestError(f"model failed to load: {err}" if err else "model is loading; retry shortly", 503)
 
-    async def _within(self, work: Awaitable, what: str):
-        try:
-            return await asyncio.wait_for(work, self.settings.timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(f"{what} took longer than {self.settings.timeout_s:g} s", 504) from None
+    def readiness(self) -> None:
+        """RequestError(503) unless this worker, and with --workers every worker, is ready."""
+        self.require_ready()
+        if self.board is not None:
+            n = self.board.count_ready()
+            if n < self.settings.workers:
+                raise RequestError(f"{n} of {self.settings.workers} workers ready; retry shortly", 503)
 
-    async def decode(self, decode: Callable[[Any], list], value: Any) -> list:
-        """``decode`` is the codec's decode or decode_files; heavy ones run on a decode thread."""
-        assert self.codec is not None
-        if not self.codec.decode_off_loop:
-            return decode(value)
+    async def _bounded(self, work: Awaitable, deadline: float, receive, what: str):
+        """``work``'s result, unless the deadline passes (504) or the client goes away (ClientGone)
+        first; then ``work`` is cancelled, which drops whatever of it has not started."""
         loop = asyncio.get_running_loop()
-        return await self._within(loop.run_in_executor(self._decoder, decode, value), f"decoding {self.codec.field}")
+        fut = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        try:
+            done, _ = await asyncio.wait((fut,) if watch is None else (fut, watch),
+                                         timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            fut.cancel()
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
+        if fut in done:
+            return fut.result()
+        fut.cancel()
+        if watch is not None and watch in done:
+            self.metrics.cancelled.labels("disconnect").inc()
+            raise ClientGone()
+        self.metrics.cancelled.labels("timeout").inc()
+        raise RequestError(f"{what} took longer than {self.settings.timeout_s:g} s", 504)
 
-    async def predict(self, items: list, options: Options) -> dict:
-        assert self.codec is not None
-        outputs = await self._within(self.batcher.submit(items), "prediction")
+    async def predict(self, decode: Callable[[Any], list], value: Any, options: Options, receive=None) -> dict:
+        """``decode`` is the codec's decode or decode_files; ``receive``: the request's ASGI receive,
+        to notice a client that went away."""
+        codec = self.codec
+        assert codec is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeout_s
+        self.decoding += 1
+        try:
+            if codec.heavy(value):
+                items = await self._bounded(loop.run_in_executor(self._decoder, decode, value), deadline, receive,
+                                            f"decoding {codec.field}")
+            else:
+                items = decode(value)
+        finally:
+            self.decoding -= 1
+        outputs = await self._bounded(self.batcher.submit(items, codec.costs(items)), deadline, receive, "prediction")
         self.metrics.items.inc(len(items))
-        return {"model": self.art.name, **self.codec.encode(outputs, options)}
+        return {"model": self.art.name, **codec.encode(outputs, options)}
 
-    async def predict_tensors(self, value: dict) -> dict:
+    async def predict_tensors(self, value: dict, receive=None) -> dict:
+        deadline = asyncio.get_running_loop().time() + self.settings.timeout_s
         feeds = self.tensors.decode(value)
-        outputs = await self._within(self.batcher.run_alone(self.tensors.predict, self.state["rt"], feeds), "prediction")
+        outputs = await self._bounded(self.batcher.run_alone(self.tensors.predict, self.state["rt"], feeds), deadline,
+                                      receive, "prediction")
         return {"model": self.art.name, **self.tensors.encode(outputs, Options())}
 
 
@@ -239,53 +315,6 @@ def _api_key(settings: ServeSettings) -> str | None:
     if not key:
         raise ConfigError(f"--api-key-env {settings.api_key_env}: that environment variable is empty or unset; export it with the key")
     return key
-
-
-def _install_guard(app, settings: ServeSettings, api_key: str | None, metrics, in_flight: dict) -> None:
-    """Middleware: body limit, auth, request metrics (every request, errors included)."""
-    from fastapi import Request
-
-    limit = settings.max_body_bytes
-    too_big = f"request body over the {limit} byte limit"
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        route = request.url.path
-        t0 = time.perf_counter()
-        metrics.in_flight.inc()
-        in_flight["n"] += 1
-        status = 500
-        try:
-            cl = request.headers.get("content-length")
-            if cl is not None and (not cl.isdigit() or int(cl) > limit):
-                status = 413
-                return _http_error(413, too_big)
-            if api_key is not None and route not in OPEN_ROUTES:
-                given = request.headers.get("x-api-key") or ""
-                auth = request.headers.get("authorization") or ""
-                if auth.lower().startswith("bearer "):
-                    given = auth[7:]
-                if not hmac.compare_digest(given.encode(), api_key.encode()):
-                    status = 401
-                    return _http_error(401, "missing or wrong API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
-            if request.method in ("POST", "PUT") and cl is None:  # chunked: count while reading
-                body = b""
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > limit:
-                        status = 413
-                        return _http_error(413, too_big)
-                request._body = body  # starlette reads the cached body
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            metrics.in_flight.dec()
-            in_flight["n"] -= 1
-            # one label for every unknown path: a scanner must not grow the metrics without bound
-            known = route if route in {r.path for r in app.routes} else "other"
-            metrics.requests.labels(known, request.method, str(status)).inc()
-            metrics.latency.labels(known).observe(time.perf_counter() - t0)
 
 
 def _install_error_handlers(app) -> None:
@@ -306,6 +335,10 @@ def _install_error_handlers(app) -> None:
     @app.exception_handler(RequestError)
     async def on_request_error(request, exc: RequestError):
         return _http_error(exc.status, exc.message)
+
+    @app.exception_handler(ClientGone)
+    async def on_client_gone(request, exc: ClientGone):  # nobody reads it: for the log and the metrics
+        return _http_error(CLIENT_GONE, "the client went away; its prediction was dropped")
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request, exc: StarletteHTTPException):
@@ -330,20 +363,22 @@ def _model_info(art: Artifact, settings: ServeSettings) -> dict:
         "limits": {"max_items": settings.max_items, "max_text_chars": settings.max_text_chars,
                    "max_tokens": pre.max_length if isinstance(pre, TextPreprocessing) else None,
                    "max_body_bytes": settings.max_body_bytes, "timeout_s": settings.timeout_s},
-        "batching": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms},
+        "batching": {"max_batch": settings.max_batch, "max_batch_tokens": settings.max_batch_tokens,
+                     "max_wait_ms": settings.max_wait_ms},
+        "workers": settings.workers,
     }
 
 
 def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
-    from fastapi import File, UploadFile
+    from fastapi import File, Request, UploadFile
     from fastapi.responses import PlainTextResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     PredictRequest = _predict_request_model(settings, p.art.manifest)
-    errors = {401: {"model": _Error}, 413: {"model": _Error}, 422: {"model": _Error}, 503: {"model": _Error}, 504: {"model": _Error}}
+    errors = {code: {"model": _Error} for code in (400, 401, 413, 415, 422, 503, 504)}
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True, responses=errors)
-    async def predict(req: PredictRequest):  # type: ignore[valid-type]
+    async def predict(req: PredictRequest, request: Request):  # type: ignore[valid-type]
         """Predict. Text models take `inputs`, image models `images` (base64); any model takes raw `tensors`."""
         p.require_ready()
         given = [f for f in FIELDS if getattr(req, f) is not None]
@@ -352,46 +387,45 @@ def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
         field = given[0]
         value = getattr(req, field)
         if field == p.tensors.field:
-            return await p.predict_tensors(value)
+            return await p.predict_tensors(value, request.receive)
         if p.codec is None or field != p.codec.field:
             kind = p.codec.kind if p.codec is not None else None
             others = " or ".join(f"'{f}'" for f in FIELDS if f != field)
             raise RequestError(f"this model takes {kind or 'raw tensor'} input; send {others}, not '{field}'")
-        items = await p.decode(p.codec.decode, value)
-        return await p.predict(items, Options(top_k=req.top_k))
+        return await p.predict(p.codec.decode, value, Options(top_k=req.top_k), request.receive)
 
     @app.post("/v1/predict/images", response_model=PredictResponse, response_model_exclude_none=True, responses=errors)
-    async def predict_images(files: Annotated[list[UploadFile], File(description="Image files (multipart/form-data).")]):
+    async def predict_images(files: Annotated[list[UploadFile], File(description="Image files (multipart/form-data).")],
+                             request: Request):
         """Predict on uploaded image files (multipart), for image models."""
         p.require_ready()
         if p.codec is None or not p.codec.accepts_files:
             raise RequestError("this model does not take images; use POST /v1/predict with 'inputs' or 'tensors'")
         if not files or len(files) > settings.max_items:
             raise RequestError(f"files: send 1..{settings.max_items} images per request")
-        items = await p.decode(p.codec.decode_files, [await f.read() for f in files])
-        return await p.predict(items, Options())
+        return await p.predict(p.codec.decode_files, [await f.read() for f in files], Options(), request.receive)
 
     @app.get("/v1/model")
     async def model_info():
         """Manifest summary: task, labels, precision, IO, lineage, target."""
         return _model_info(p.art, settings)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": _Error}})
+    @app.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"model": _Error}})
     async def readyz():
-        """The model is loaded and warmed up."""
-        p.require_ready()
+        """The model is loaded and warmed up (with --workers: in every worker)."""
+        p.readiness()
         return {"status": "ready"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prom():
         """Prometheus metrics."""
         metrics.queue_depth.set(p.batcher.queued_items)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: ServeSettings, artifact: Artifact | None = None):
@@ -404,17 +438,19 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
 
     from ..formats import handler_for
 
+    from .guard import Guard
     from .metrics import ServeMetrics
 
     art = artifact if artifact is not None else load_artifact(settings.artifact)
     handler_for(art).check_runtime_installed(art)  # before the server listens, not in the loader thread
     m = art.manifest
     api_key = _api_key(settings)
-    metrics = ServeMetrics()
-    metrics.model_info.info({"name": art.name, "task": m.task, "format": m.format,
-                             "precision": m.model.precision, "target": str(settings.target or "host")})
-    in_flight = {"n": 0}  # requests in the HTTP layer: the batcher waits for company only when > 1
-    predictor = Predictor(art, settings, metrics, concurrency=lambda: in_flight["n"])
+    # several workers share a folder serve() made: readiness and metrics are the whole server's
+    shared = os.environ.get(SHARED_ENV) if settings.workers > 1 else None
+    board = WorkerBoard(Path(shared)) if shared else None
+    metrics = ServeMetrics(settings.timeout_s, multiprocess=board is not None)
+    metrics.model_info.labels(art.name, m.task, m.format, m.model.precision, str(settings.target or "host")).set(1)
+    predictor = Predictor(art, settings, metrics, board)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -424,9 +460,11 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
 
     app = FastAPI(title="edgeopt serve", version=m.edgeopt_version, lifespan=lifespan,
                   description=f"Serving {art.name}: {m.task}, {m.format} {m.model.precision}.")
-    _install_guard(app, settings, api_key, metrics, in_flight)
     _install_error_handlers(app)
     _add_routes(app, predictor, settings, metrics)
+    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, api_key=api_key, metrics=metrics,
+                       routes=lambda: {r.path for r in app.routes}, open_routes=OPEN_ROUTES, json_routes=JSON_ROUTES,
+                       form_routes=FORM_ROUTES, access=settings.access_log)
     app.state.settings = settings
     app.state.serve_state = predictor.state
     app.state.metrics = metrics
@@ -468,30 +506,47 @@ def check_bind(host: str, port: int) -> None:
             raise ConfigError(f"--host {host} --port {port}: cannot bind ({e.strerror}); check the address") from e
 
 
-def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          log_level: str = "info", artifact: Artifact | None = None) -> None:
-    """Run uvicorn. ``artifact``: the already loaded (verified) artifact; when None it is loaded
-    (verified) here, before the port is bound, so a bad artifact fails fast."""
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          artifact: Artifact | None = None) -> None:
+    """Run uvicorn with ``settings.workers`` processes. ``artifact``: the already loaded (verified)
+    artifact; when None it is loaded (verified) here, before the port is bound, so a bad artifact
+    fails fast. Logs go to stderr as text or JSON lines (``settings.log_format``) at ``log_level``."""
+    import shutil
     import signal
+    import tempfile
 
     from .._optional import SERVER_MODULES, require
 
     require("serve", purpose="serving", modules=SERVER_MODULES)
     import uvicorn
 
+    from .logs import LEVELS, log_config
+    from .metrics import MULTIPROC_ENV
+
+    if log_level not in LEVELS:
+        raise ConfigError(f"--log-level {log_level}: choose one of {', '.join(LEVELS)}")
     art = artifact if artifact is not None else load_artifact(settings.artifact)
     check_bind(host, port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was
     # there before it; a no-op one makes a graceful stop exit 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    if workers > 1:
-        # each worker process builds its own app (app_from_env); hashing every file once per worker
-        # would only repeat what was just done here, so tell them which path is verified
-        os.environ[SETTINGS_ENV] = settings.model_dump_json()
-        if Path(settings.artifact).expanduser().resolve() == art.path.resolve():
-            os.environ[VERIFIED_ENV] = settings.artifact
-        uvicorn.run("edgeopt.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, timeout_graceful_shutdown=settings.timeout_s)
-    else:
-        uvicorn.run(create_app(settings, art), host=host, port=port, log_level=log_level,
-                    timeout_graceful_shutdown=settings.timeout_s)
+    common = dict(host=host, port=port, log_level=log_level, log_config=log_config(log_level, settings.log_format),
+                  access_log=False, timeout_graceful_shutdown=settings.timeout_s)  # the access log is Guard's
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, art), **common)
+        return
+    # each worker process builds its own app (app_from_env); hashing every file once per worker
+    # would only repeat what was just done here, so tell them which path is verified
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    if Path(settings.artifact).expanduser().resolve() == art.path.resolve():
+        os.environ[VERIFIED_ENV] = settings.artifact
+    # the workers' shared folder: ready files and prometheus-client's multiprocess metrics; it is
+    # set in the environment before any worker starts (and imports prometheus_client)
+    shared = Path(tempfile.mkdtemp(prefix="edgeopt-serve-"))
+    (shared / "metrics").mkdir()
+    os.environ[SHARED_ENV] = str(shared)
+    os.environ[MULTIPROC_ENV] = str(shared / "metrics")
+    try:
+        uvicorn.run("edgeopt.serve.app:app_from_env", factory=True, workers=settings.workers, **common)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

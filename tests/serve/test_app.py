@@ -39,7 +39,7 @@ def test_health_ready_and_model_info(cls_server):
     assert info["precision"] == "fp32"
     assert info["limits"] == {"max_items": 64, "max_text_chars": 4096, "max_tokens": 128,
                               "max_body_bytes": 8 * 1024 * 1024, "timeout_s": 30.0}
-    assert info["batching"] == {"max_batch": 16, "max_wait_ms": 5.0}
+    assert info["batching"] == {"max_batch": 16, "max_batch_tokens": 4096, "max_wait_ms": 5.0}
     assert info["preprocessing"]["kind"] == "text"
     assert [t["name"] for t in info["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [e["stage"] for e in info["lineage"]][-1] == "export"
@@ -230,7 +230,7 @@ def test_bad_requests_get_json_errors_and_the_server_stays_up(cls_server, cls_re
     with client(cls_server) as c:
         msg = assert_error_body(c.post("/v1/predict", content=b'{"inputs": ["x"', headers=bad_json), 422)
         assert "JSON" in msg
-        assert_error_body(c.post("/v1/predict", content=b"\xff\xfe garbage", headers=bad_json), 422)
+        assert "UTF-8" in assert_error_body(c.post("/v1/predict", content=b"\xff\xfe garbage", headers=bad_json), 400)
         assert "inputs" in assert_error_body(c.post("/v1/predict", json={"inputs": "not a list"}), 422)
         assert_error_body(c.post("/v1/predict", json={"inputs": [1, 2]}), 422)
         assert_error_body(c.post("/v1/predict", json={"inputs": ["x"], "top_k": "many"}), 422)
@@ -295,7 +295,7 @@ def test_undecodable_images_are_422(digits_server):
         assert "files.0" in assert_error_body(
             c.post("/v1/predict/images", files=[("files", ("x.png", b"\x89PNG garbage", "image/png"))]), 422)
         assert_error_body(c.post("/v1/predict/images", files=[("files", ("x.png", truncated, "image/png"))]), 422)
-        assert_error_body(c.post("/v1/predict/images", data={"files": "a plain field"}), 422)
+        assert "multipart/form-data" in assert_error_body(c.post("/v1/predict/images", data={"files": "a plain field"}), 415)
         assert_error_body(c.post("/v1/predict/images", files=[("files", ("x.png", png_bytes(np.zeros((8, 8))), "image/png"))] * 65), 422)
         r = c.post("/v1/predict", json={"images": [base64.b64encode(png_bytes(digit_images(1)[0])).decode()]})
     assert r.status_code == 200, r.text
@@ -408,13 +408,14 @@ def test_request_timeout_is_504(serve_cls_onnx):
 # ---------------------------------------------------------------------------------------------
 
 def test_cli_serve_predict_and_graceful_sigterm(serve_cls_onnx, cls_ref):
-    # max_batch 20 and a long max_wait: 64 texts are chunks of 20, 20, 20 and 4, and the last one waits
-    # up to a second for company, so the request is surely in flight when SIGTERM arrives
-    srv = start_cli_server(serve_cls_onnx, "--threads", "1", "--max-batch", "20", "--max-wait-ms", "1000")
+    # 512 long texts one per model call (a batch is bounded at 64 tokens; each text has ~128): the
+    # request takes about a second, so it is surely in flight when SIGTERM arrives
+    srv = start_cli_server(serve_cls_onnx, "--threads", "1", "--max-batch", "20", "--max-wait-ms", "1000",
+                           "--max-batch-tokens", "64", "--max-items", "512")
     proc, url = srv.proc, srv.url
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
-            assert c.get("/v1/model").json()["batching"] == {"max_batch": 20, "max_wait_ms": 1000.0}
+            assert c.get("/v1/model").json()["batching"] == {"max_batch": 20, "max_batch_tokens": 64, "max_wait_ms": 1000.0}
             r = c.post("/v1/predict", json={"inputs": [TEXTS[2]] * 20})
             assert r.status_code == 200
             check_prediction(r.json()["predictions"][0], cls_ref.one(TEXTS[2]), CLS_LABELS)
@@ -422,14 +423,14 @@ def test_cli_serve_predict_and_graceful_sigterm(serve_cls_onnx, cls_ref):
         result = {}
 
         def slow():
-            result["r"] = httpx.post(url + "/v1/predict", json={"inputs": [LONG_TEXT] * 64}, timeout=60)
+            result["r"] = httpx.post(url + "/v1/predict", json={"inputs": [LONG_TEXT] * 512}, timeout=60)
             result["done"] = time.monotonic()
 
         th = threading.Thread(target=slow)
         th.start()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # wait until the server has it (the /metrics request itself is 1)
-            if metric_value(httpx.get(url + "/metrics").text, "edgeopt_in_flight_requests") >= 2:
+        while time.monotonic() < deadline:  # wait until the server has it (a scrape does not count itself)
+            if metric_value(httpx.get(url + "/metrics").text, "edgeopt_in_flight_requests") >= 1:
                 break
             time.sleep(0.005)
         else:
@@ -444,7 +445,7 @@ def test_cli_serve_predict_and_graceful_sigterm(serve_cls_onnx, cls_ref):
     assert "r" in result, err
     assert result["done"] > sent  # it really was in flight when the signal arrived
     assert result["r"].status_code == 200, result["r"].text
-    assert len(result["r"].json()["predictions"]) == 64
+    assert len(result["r"].json()["predictions"]) == 512
     assert rc == 0, err
     assert "Application shutdown complete" in err
     assert "Traceback" not in err and "error" not in err.lower()

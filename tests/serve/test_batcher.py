@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgeopt.serve.batcher import MicroBatcher
-from serve_helpers import check_prediction, distinct_texts, live_server, metric_value
+from serve_helpers import LONG_TEXT, check_prediction, distinct_texts, live_server, metric_value
 
 CLS_LABELS = ["a", "b", "c"]
 
@@ -28,21 +28,39 @@ async def _concurrent_posts(url: str, payloads: list[dict]) -> list[httpx.Respon
 # ---------------------------------------------------------------------------------------------
 
 def test_concurrent_requests_coalesce_and_get_their_own_results(serve_cls_onnx, cls_ref):
+    """Requests that queue while the model is busy share model calls. A long request keeps the model
+    busy (256 long texts, two per call: the batch is bounded at 256 tokens), and 32 one-text
+    requests sent meanwhile take turns with it, several per call."""
     texts = distinct_texts(32)
-    with live_server(serve_cls_onnx, max_batch=16, max_wait_ms=20) as srv:
+
+    async def main(url):
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+            await asyncio.gather(*(c.get("/healthz") for _ in range(33)))
+            big = asyncio.ensure_future(c.post("/v1/predict", json={"inputs": [LONG_TEXT] * 256}))
+            await asyncio.sleep(0.05)
+            small = await asyncio.gather(*(c.post("/v1/predict", json={"inputs": [t]}) for t in texts))
+            return await big, small
+
+    with live_server(serve_cls_onnx, max_batch=16, max_wait_ms=20, max_batch_tokens=256, max_items=256) as srv:
         before = srv.metrics()
-        responses = asyncio.run(_concurrent_posts(srv.url, [{"inputs": [t]} for t in texts]))
+        big, responses = asyncio.run(main(srv.url))
         after = srv.metrics()
+    assert big.status_code == 200 and len(big.json()["predictions"]) == 256
     for text, r in zip(texts, responses):
         assert r.status_code == 200, r.text
         (pred,) = r.json()["predictions"]
         check_prediction(pred, cls_ref.one(text), CLS_LABELS)
     batches = metric_value(after, "edgeopt_batch_size_count") - metric_value(before, "edgeopt_batch_size_count")
     items = metric_value(after, "edgeopt_batch_size_sum") - metric_value(before, "edgeopt_batch_size_sum")
-    assert items == 32
-    assert 2 <= batches < 32, f"{batches} model calls for 32 concurrent single-item requests: no coalescing"
+    assert items == 256 + 32
+    small_batches = batches - 128  # the long texts went two per call, never with a short one
+    assert 1 <= small_batches < 32, f"{small_batches} model calls for 32 queued single-item requests: no coalescing"
     # no batch bigger than max_batch: everything sits at or below the le=16 bucket
     assert metric_value(after, "edgeopt_batch_size_bucket", {"le": "16.0"}) == metric_value(after, "edgeopt_batch_size_count")
+    # and none over the token bound but a lone item
+    tokens = metric_value(after, "edgeopt_batch_tokens_bucket", {"le": "256.0"})
+    assert tokens == metric_value(after, "edgeopt_batch_tokens_count")
 
 
 def test_batching_off_runs_every_item_alone(serve_cls_onnx, cls_ref):
@@ -112,7 +130,7 @@ def test_batcher_splits_big_requests_and_reassembles_in_order():
     async def main():
         rec = Recorder()
         sizes = []
-        b = MicroBatcher(rec, max_batch=8, max_wait_ms=1, on_batch=sizes.append)
+        b = MicroBatcher(rec, max_batch=8, max_wait_ms=1, on_batch=lambda n, cost: sizes.append(n))
         await b.start()
         try:
             out = await b.submit(list(range(37)))

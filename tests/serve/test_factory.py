@@ -12,17 +12,17 @@ import pytest
 
 from edgeopt.errors import ConfigError
 from edgeopt.serve import app as serve_app
-from edgeopt.serve.app import SETTINGS_ENV, VERIFIED_ENV, ServeSettings
+from edgeopt.serve.app import SETTINGS_ENV, SHARED_ENV, VERIFIED_ENV, ServeSettings
 
-ENV_NAMES = ["EDGEOPT_ARTIFACT", "EDGEOPT_MAX_BATCH", "EDGEOPT_MAX_WAIT_MS", "EDGEOPT_THREADS", "EDGEOPT_TARGET",
-             "EDGEOPT_API_KEY_ENV", "EDGEOPT_MAX_ITEMS", "EDGEOPT_MAX_TEXT_CHARS", "EDGEOPT_MAX_BODY_BYTES",
-             "EDGEOPT_TIMEOUT_S", "EDGEOPT_MAX_IMAGE_PIXELS"]
+ENV_NAMES = ["EDGEOPT_ARTIFACT", "EDGEOPT_MAX_BATCH", "EDGEOPT_MAX_BATCH_TOKENS", "EDGEOPT_MAX_WAIT_MS", "EDGEOPT_THREADS",
+             "EDGEOPT_TARGET", "EDGEOPT_API_KEY_ENV", "EDGEOPT_MAX_ITEMS", "EDGEOPT_MAX_TEXT_CHARS", "EDGEOPT_MAX_BODY_BYTES",
+             "EDGEOPT_TIMEOUT_S", "EDGEOPT_MAX_IMAGE_PIXELS", "EDGEOPT_WORKERS", "EDGEOPT_ACCESS_LOG", "EDGEOPT_LOG_FORMAT"]
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
     """No serve variables from the outside; whatever a test (or serve()) sets is undone afterwards."""
-    for name in [*ENV_NAMES, SETTINGS_ENV, VERIFIED_ENV]:
+    for name in [*ENV_NAMES, SETTINGS_ENV, VERIFIED_ENV, SHARED_ENV, "PROMETHEUS_MULTIPROC_DIR"]:
         monkeypatch.setenv(name, "")  # registered with monkeypatch, so restored even when serve() overwrites it
         monkeypatch.delenv(name)
     return monkeypatch
@@ -113,7 +113,7 @@ def test_serve_loads_once_and_tells_workers(serve_digits_onnx, clean_env, worker
     settings = ServeSettings(artifact=str(serve_digits_onnx.path), max_batch=5)
     before = signal.getsignal(signal.SIGTERM)
     try:
-        serve_app.serve(settings, port=8123, workers=workers, artifact=serve_digits_onnx)
+        serve_app.serve(settings.model_copy(update={"workers": workers}), port=8123, artifact=serve_digits_onnx)
     finally:
         signal.signal(signal.SIGTERM, before)
     ((app, kw),) = runs
@@ -124,8 +124,12 @@ def test_serve_loads_once_and_tells_workers(serve_digits_onnx, clean_env, worker
         import os
 
         assert app == "edgeopt.serve.app:app_from_env" and kw["factory"] and kw["workers"] == 3
-        assert ServeSettings.from_env() == settings  # what every worker reads
+        assert ServeSettings.from_env() == settings.model_copy(update={"workers": 3})  # what every worker reads
         assert os.environ[VERIFIED_ENV] == settings.artifact
+        # the workers' shared folder (readiness, multiprocess metrics) is gone once the server stops
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"].startswith(os.environ[SHARED_ENV])
+        assert not os.path.exists(os.environ[SHARED_ENV])
+    assert kw["access_log"] is False  # edgeopt logs requests itself, with their X-Request-ID
 
 
 # ---------------------------------------------------------------------------------------------

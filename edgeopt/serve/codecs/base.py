@@ -42,14 +42,16 @@ class Codec:
     """One task's request/response mapping. Subclasses set the class attributes and override the hooks.
 
     Threads: ``decode`` runs per request, on the event loop, or on a decode thread (under the
-    request timeout) when ``decode_off_loop`` is set; ``setup`` runs once in the loader thread;
+    request timeout) when ``heavy(value)`` says so; ``setup`` runs once in the loader thread;
     ``preprocess`` runs in the inference thread on a whole batch; ``encode`` runs on the event loop.
+    ``costs`` gives the micro-batcher each decoded item's cost (a text's token count) so a batch's
+    work stays under the token limit; None: items cost the same and only their count is bounded.
     """
 
     field: ClassVar[str]  # the PredictRequest field it reads ("inputs", "images", "tensors")
     kind: ClassVar[str | None] = None  # the artifact preprocessing kind it reads ("text", "image")
     needs_labels: ClassVar[bool] = False  # classifiers: without labels the artifact gets the generic codec
-    decode_off_loop: ClassVar[bool] = False  # decoding is heavy (images): keep it off the event loop
+    decode_off_loop: ClassVar[bool] = False  # decoding is always heavy (images): keep it off the event loop
     accepts_files: ClassVar[bool] = False  # serves POST /v1/predict/images (multipart uploads)
 
     def __init__(self, artifact: Artifact, settings: ServeSettings):
@@ -68,6 +70,18 @@ class Codec:
     def decode(self, value: Any) -> list:
         """The request field's value -> one object per input item (validated; RequestError if not)."""
         raise NotImplementedError
+
+    def from_samples(self, samples: Sequence[Any]) -> list:
+        """Dataset samples (``edgeopt.metrics.sample_dataset``) as decoded items, for the warm-up."""
+        return list(samples)
+
+    def heavy(self, value: Any) -> bool:
+        """Decoding ``value`` would hold the event loop up: run it on a decode thread."""
+        return self.decode_off_loop
+
+    def costs(self, items: Sequence[Any]) -> list[int] | None:
+        """Each decoded item's cost in a batch (e.g. tokens); None: no cost beyond the item count."""
+        return None
 
     def decode_files(self, blobs: Sequence[bytes]) -> list:
         """Uploaded files (multipart) -> one object per file; only codecs with ``accepts_files``."""
