@@ -89,5 +89,13 @@ class OrtRuntime:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = output_names or [o.name for o in self.session.get_outputs()]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
+    def run(self, feeds: dict[str, np.ndarray], release_memory: bool = False) -> list[np.ndarray]:
+        """``release_memory``: hand the memory arena's unused chunks back to the system after this
+        run (for an unusually large batch: the arena otherwise keeps its peak for good)."""
+        options = None
+        if release_memory:
+            import onnxruntime as ort
+
+            options = ort.RunOptions()
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return self.session.run(self.output_names, {n: feeds[n] for n in self.input_names}, options)

@@ -33,6 +33,7 @@ from pydantic import (
 from ..artifact import Artifact, Manifest, TextPreprocessing, load_artifact
 from ..errors import ConfigError
 from .codecs import Codec, Options, RequestError, TensorsCodec, codec_for
+from ..runtime.onnxruntime import OrtRuntime
 from .workers import WorkerBoard
 
 log = logging.getLogger("edgeopt.serve")
@@ -49,6 +50,7 @@ VERIFIED_ENV = "EDGEOPT_SERVE_VERIFIED"
 # Set by serve() for its worker processes: the folder they share (readiness, metrics), removed at exit.
 SHARED_ENV = "EDGEOPT_SERVE_SHARED"
 CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never seen by the client
+RELEASE_ABOVE_TOKENS = 512  # after a batch bigger than this, ONNX Runtime returns its arena's unused memory
 
 
 class ServeSettings(BaseModel):
@@ -57,7 +59,7 @@ class ServeSettings(BaseModel):
     max_batch: int = Field(16, ge=1, le=1024)
     # a batch's padded tokens (items x longest): bounds one model call's work, so a heavy request
     # is split into batches that alternate with others instead of holding the model for seconds
-    max_batch_tokens: int = Field(4096, ge=1)
+    max_batch_tokens: int = Field(2048, ge=1)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     threads: int | None = Field(None, ge=1)
     target: str | None = None
@@ -239,7 +241,13 @@ class Predictor:
     def _infer(self, items: list) -> list:
         """One micro-batch, in the inference thread (the time includes preprocessing, as clients see it)."""
         t = time.perf_counter()
-        out = self.state["rt"].run(self.codec.preprocess(items))
+        rt = self.state["rt"]
+        feeds = self.codec.preprocess(items)
+        costs = self.codec.costs(items)
+        if costs and len(costs) * max(costs) > RELEASE_ABOVE_TOKENS and isinstance(rt, OrtRuntime):
+            out = rt.run(feeds, release_memory=True)  # a rare big batch must not keep its memory
+        else:
+            out = rt.run(feeds)
         self.metrics.inference.observe(time.perf_counter() - t)
         return out
 

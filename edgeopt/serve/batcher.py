@@ -69,14 +69,16 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeopt-infer")
         self._last_requests = 0
+        self._resting: _Job | None = None  # the request whose turn the running batch is
         self.running = 0  # items in the model call under way
 
     @property
     def queued_items(self) -> int:
-        return sum(j.waiting for j in self._jobs if not j.future.done())
+        jobs = [*self._jobs, self._resting] if self._resting is not None else self._jobs
+        return sum(j.waiting for j in jobs if not j.future.done())
 
     async def start(self) -> None:
-        self._arrival = asyncio.Event()
+        self._arrival = self._arrival or asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="edgeopt-batcher")
 
     async def stop(self) -> None:
@@ -104,6 +106,8 @@ class MicroBatcher:
         job = _Job(items, costs, asyncio.get_running_loop().create_future())
         job.future.add_done_callback(lambda f, job=job: self._on_done(job, f))
         self._jobs.append(job)
+        if self._arrival is None:  # queued before start(): the loop finds it when it starts
+            self._arrival = asyncio.Event()
         self._arrival.set()
         return job.future
 
@@ -112,6 +116,8 @@ class MicroBatcher:
             self.on_drop(job.waiting)
         if future.cancelled() and job in self._jobs:
             self._jobs.remove(job)
+        if future.cancelled() and job is self._resting:
+            self._resting = None
 
     def _cost(self, job: _Job, i: int) -> int:
         return job.costs[i] if job.costs is not None else 1
@@ -152,10 +158,10 @@ class MicroBatcher:
             if n >= self.max_batch:
                 break
         first = self._jobs[0]
-        rest = [j for j in self._jobs if j is not first and j.waiting and not j.future.done()]
-        if first.waiting:
-            rest.append(first)  # its turn is over: the others go first next time
-        self._jobs = deque(rest)
+        self._jobs = deque(j for j in self._jobs if j is not first and j.waiting and not j.future.done())
+        # the request whose turn it was rests until this batch is done, then queues behind every
+        # request that arrived meanwhile: they had waited for this batch already
+        self._resting = first if first.waiting else None
         return parts
 
     def _company_coming(self) -> bool:
@@ -197,6 +203,9 @@ class MicroBatcher:
                 continue
             finally:
                 self.running = 0
+                if self._resting is not None and not self._resting.future.done():
+                    self._jobs.append(self._resting)
+                self._resting = None
             offset = 0
             for job, a, b in parts:
                 n = b - a

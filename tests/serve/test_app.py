@@ -39,7 +39,7 @@ def test_health_ready_and_model_info(cls_server):
     assert info["precision"] == "fp32"
     assert info["limits"] == {"max_items": 64, "max_text_chars": 4096, "max_tokens": 128,
                               "max_body_bytes": 8 * 1024 * 1024, "timeout_s": 30.0}
-    assert info["batching"] == {"max_batch": 16, "max_batch_tokens": 4096, "max_wait_ms": 5.0}
+    assert info["batching"] == {"max_batch": 16, "max_batch_tokens": 2048, "max_wait_ms": 5.0}
     assert info["preprocessing"]["kind"] == "text"
     assert [t["name"] for t in info["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [e["stage"] for e in info["lineage"]][-1] == "export"

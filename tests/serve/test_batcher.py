@@ -236,3 +236,118 @@ def test_batcher_without_waiting_runs_each_request_alone():
     assert all(len(x) == 1 for x in rec.batches) and len(rec.batches) == 10
     for i, o in zip(range(0, 10, 2), outs):
         np.testing.assert_array_equal(o[0], [2 * i, 2 * i + 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# bounded work per batch, turns, dropped work (issue #11)
+# ---------------------------------------------------------------------------------------------
+
+class Costed:
+    """Items are (name, tokens); records each batch's names and sleeps in proportion to its padded size."""
+
+    def __init__(self, seconds_per_token: float = 0.0):
+        self.batches: list[list[str]] = []
+        self.spt = seconds_per_token
+
+    def __call__(self, items):
+        import time
+
+        self.batches.append([name for name, _ in items])
+        time.sleep(self.spt * len(items) * max(c for _, c in items))
+        return [np.arange(len(items), dtype=np.float64)]
+
+
+def submit_costed(b: MicroBatcher, items):
+    return b.submit(items, [c for _, c in items])
+
+
+def test_batches_stay_under_the_token_bound_and_hold_similar_lengths():
+    async def main():
+        rec = Costed()
+        b = MicroBatcher(rec, max_batch=16, max_wait_ms=0, max_tokens=1024)
+        long = [(f"L{i}", 512) for i in range(5)]
+        short = [(f"s{i}", 10) for i in range(6)]
+        mid = [(f"m{i}", 100) for i in range(3)]
+        huge = [("H", 5000)]  # over the bound alone: runs alone, never refused
+        # queued before the loop starts, so the first batch sees all of them
+        futs = [submit_costed(b, long), submit_costed(b, short), submit_costed(b, mid), submit_costed(b, huge)]
+        await b.start()
+        try:
+            outs = await asyncio.gather(*futs)
+        finally:
+            await b.stop()
+        return rec, outs
+
+    rec, outs = run(main())
+    cost = {**{f"L{i}": 512 for i in range(5)}, **{f"s{i}": 10 for i in range(6)}, **{f"m{i}": 100 for i in range(3)}, "H": 5000}
+    for batch in rec.batches:
+        costs = [cost[n] for n in batch]
+        assert len(batch) == 1 or len(batch) * max(costs) <= 1024, batch  # the token bound
+        assert len(batch) == 1 or max(costs) <= max(2 * min(costs), 64), batch  # no short text padded to a long one
+    assert ["H"] in rec.batches
+    assert sorted(n for batch in rec.batches for n in batch) == sorted(cost)
+    assert [len(o[0]) for o in outs] == [5, 6, 3, 1]
+
+
+def test_a_request_queued_after_a_heavy_one_does_not_wait_for_all_of_it():
+    """Turns: the heavy request's batches alternate with later requests' batches."""
+    async def main():
+        rec = Costed(seconds_per_token=2e-5)  # 20 ms per 1,000 padded tokens
+        b = MicroBatcher(rec, max_batch=16, max_wait_ms=0, max_tokens=1024)
+        await b.start()
+        try:
+            heavy = submit_costed(b, [(f"H{i}", 512) for i in range(40)])  # 20 batches of 2
+            await asyncio.sleep(0.03)
+            light = await submit_costed(b, [("x", 8)])
+            light_done = heavy.done()
+            await heavy
+        finally:
+            await b.stop()
+        return rec, light_done, light
+
+    rec, heavy_was_done, light = run(main())
+    assert not heavy_was_done  # the light request was answered while the heavy one still had batches to go
+    i = rec.batches.index(["x"])
+    assert 1 <= i <= 4, rec.batches[: i + 1]  # at most a batch or two of the heavy request before it
+    assert sum(len(x) for x in rec.batches) == 41
+
+
+def test_cancelled_callers_work_is_dropped_not_run():
+    async def main():
+        rec = Costed(seconds_per_token=2e-5)
+        dropped = []
+        b = MicroBatcher(rec, max_batch=16, max_wait_ms=0, max_tokens=1024, on_drop=dropped.append)
+        await b.start()
+        try:
+            fut = submit_costed(b, [(f"H{i}", 512) for i in range(40)])
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, 0.05)  # a timeout cancels it
+            after = await submit_costed(b, [("y", 8)])
+        finally:
+            await b.stop()
+        return rec, dropped, after, b
+
+    rec, dropped, after, b = run(main())
+    ran = [n for batch in rec.batches for n in batch if n.startswith("H")]
+    assert len(ran) < 40 and dropped == [40 - len(ran)]  # what had not started never ran
+    assert rec.batches[-1] == ["y"] and len(after[0]) == 1
+    assert b.queued_items == 0
+
+
+def test_others_join_a_batch_only_whole():
+    """The request whose turn it is fills the batch; others join only if all their items fit, so a
+    small request is not split over two model calls."""
+    async def main():
+        rec = Costed()
+        b = MicroBatcher(rec, max_batch=4, max_wait_ms=0)
+        futs = [submit_costed(b, [("a1", 1), ("a2", 1), ("a3", 1)]), submit_costed(b, [("b1", 1), ("b2", 1)]),
+                submit_costed(b, [("c1", 1)])]
+        await b.start()
+        try:
+            await asyncio.gather(*futs)
+        finally:
+            await b.stop()
+        return rec
+
+    rec = run(main())
+    assert rec.batches == [["a1", "a2", "a3", "c1"], ["b1", "b2"]]
