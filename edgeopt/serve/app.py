@@ -50,6 +50,7 @@ VERIFIED_ENV = "EDGEOPT_SERVE_VERIFIED"
 # Set by serve() for its worker processes: the folder they share (readiness, metrics), removed at exit.
 SHARED_ENV = "EDGEOPT_SERVE_SHARED"
 CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never seen by the client
+WATCH_AFTER_S = 0.05  # a prediction that takes longer has its client watched for a disconnect
 RELEASE_ABOVE_TOKENS = 512  # after a batch bigger than this, ONNX Runtime returns its arena's unused memory
 
 
@@ -156,6 +157,21 @@ def _predict_request_model(settings: ServeSettings, manifest: Manifest) -> type[
         tensors=(dict[str, list] | None, Field(None, description="Raw input tensors by the model's IO spec (name -> nested lists).")),
         top_k=(StrictInt, Field(1, ge=1, le=max(1, len(manifest.labels or [1])), description="Labels to return per input (classifiers).")),
     )
+
+
+def _json_response(body: dict):
+    """The response as JSON bytes, skipping FastAPI's re-validation against the response model (the
+    codecs build it; the model stays declared for the OpenAPI document)."""
+    import json
+
+    from fastapi.responses import Response
+
+    try:
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise RequestError("the model's outputs are not finite numbers (NaN or infinity); "
+                           "check the artifact against its source with `edgeopt compare`", 500) from None
+    return Response(data, media_type="application/json")
 
 
 def _http_error(status: int, message: str):
@@ -266,13 +282,18 @@ class Predictor:
 
     async def _bounded(self, work: Awaitable, deadline: float, receive, what: str):
         """``work``'s result, unless the deadline passes (504) or the client goes away (ClientGone)
-        first; then ``work`` is cancelled, which drops whatever of it has not started."""
+        first; then ``work`` is cancelled, which drops whatever of it has not started. The client is
+        watched only once the work has taken WATCH_AFTER_S: most requests are done sooner."""
         loop = asyncio.get_running_loop()
         fut = asyncio.ensure_future(work)
-        watch = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        watch = None
         try:
-            done, _ = await asyncio.wait((fut,) if watch is None else (fut, watch),
-                                         timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((fut,), timeout=max(0.0, min(WATCH_AFTER_S, deadline - loop.time())))
+            if not done and receive is not None:
+                watch = asyncio.ensure_future(_disconnected(receive))
+            if not done:
+                done, _ = await asyncio.wait((fut,) if watch is None else (fut, watch),
+                                             timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             fut.cancel()
             raise
@@ -395,12 +416,12 @@ def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
         field = given[0]
         value = getattr(req, field)
         if field == p.tensors.field:
-            return await p.predict_tensors(value, request.receive)
+            return _json_response(await p.predict_tensors(value, request.receive))
         if p.codec is None or field != p.codec.field:
             kind = p.codec.kind if p.codec is not None else None
             others = " or ".join(f"'{f}'" for f in FIELDS if f != field)
             raise RequestError(f"this model takes {kind or 'raw tensor'} input; send {others}, not '{field}'")
-        return await p.predict(p.codec.decode, value, Options(top_k=req.top_k), request.receive)
+        return _json_response(await p.predict(p.codec.decode, value, Options(top_k=req.top_k), request.receive))
 
     @app.post("/v1/predict/images", response_model=PredictResponse, response_model_exclude_none=True, responses=errors)
     async def predict_images(files: Annotated[list[UploadFile], File(description="Image files (multipart/form-data).")],
@@ -411,7 +432,8 @@ def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
             raise RequestError("this model does not take images; use POST /v1/predict with 'inputs' or 'tensors'")
         if not files or len(files) > settings.max_items:
             raise RequestError(f"files: send 1..{settings.max_items} images per request")
-        return await p.predict(p.codec.decode_files, [await f.read() for f in files], Options(), request.receive)
+        return _json_response(await p.predict(p.codec.decode_files, [await f.read() for f in files], Options(),
+                                              request.receive))
 
     @app.get("/v1/model")
     async def model_info():

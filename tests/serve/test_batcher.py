@@ -351,3 +351,32 @@ def test_others_join_a_batch_only_whole():
 
     rec = run(main())
     assert rec.batches == [["a1", "a2", "a3", "c1"], ["b1", "b2"]]
+
+
+def test_lone_short_call_runs_on_the_event_loop_others_on_the_inference_thread():
+    import threading
+
+    threads = []
+
+    def infer(items):
+        threads.append(threading.current_thread().name)
+        return [np.asarray([c for _, c in items], dtype=np.float64)]
+
+    async def main():
+        coming = [0]
+        b = MicroBatcher(infer, max_batch=16, max_wait_ms=0, max_tokens=1024, coming=lambda: coming[0])
+        await b.start()
+        try:
+            await submit_costed(b, [("a", 8)])  # no estimate yet: the inference thread, which measures it
+            await submit_costed(b, [("b", 8)])  # lone and short: right on the event loop
+            coming[0] = 1  # another request is being decoded: keep the loop free for it
+            await submit_costed(b, [("c", 8)])
+            coming[0] = 0
+            await asyncio.gather(submit_costed(b, [("d", 8)]), submit_costed(b, [("e", 8)]))  # two at once
+        finally:
+            await b.stop()
+        return threading.current_thread().name
+
+    loop_thread = run(main())
+    assert threads[0].startswith("edgeopt-infer") and threads[1] == loop_thread
+    assert threads[2].startswith("edgeopt-infer") and threads[3].startswith("edgeopt-infer")

@@ -109,5 +109,5 @@ def top_labels(logits: np.ndarray, labels: Sequence[str], top_k: int) -> list[di
     for row in p:
         order = np.argsort(-row)[:top_k]
         top = [{"label": labels[i], "score": float(row[i])} for i in order]
-        preds.append({**top[0], "top": top if top_k > 1 else None})
+        preds.append({**top[0], "top": top} if top_k > 1 else top[0])
     return preds
