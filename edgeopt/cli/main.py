@@ -391,9 +391,15 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json-out", help="Write the results to this JSON file.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write a Markdown report (and a PNG plot beside it).")] = None,
     url: Annotated[Optional[str], typer.Option(help="Load-test a running `edgeopt serve` at this URL instead.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Concurrent HTTP clients (with --url).")] = 8,
+    concurrency: Annotated[Optional[int], typer.Option(help="Connections, each sending its next request when the last is answered "
+                                                      "(with --url; closed loop; default 8).")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="Open loop (with --url): send this many requests per second on a fixed "
+                                                  "schedule, whatever the answers; latency counts from the scheduled time.")] = None,
+    max_connections: Annotated[Optional[int], typer.Option(help="With --rate: most connections to open (default 256).")] = None,
+    processes: Annotated[int, typer.Option(help="Client processes sharing the load (with --url).")] = 1,
     duration: Annotated[Optional[float], typer.Option(help="Seconds to run (with --url).")] = None,
     requests: Annotated[Optional[int], typer.Option(help="Requests to send (with --url; default 200 unless --duration).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds before a request counts as a 'timeout' error (with --url; default 30).")] = None,
     items_per_request: Annotated[int, typer.Option(help="Inputs per HTTP request (with --url).")] = 1,
     api_key_env: Annotated[Optional[str], typer.Option(help="Environment variable holding the server's API key (with --url).")] = None,
     docker_host: Annotated[Optional[str], typer.Option(help="Run the benchmark on this device's Docker engine (ssh://USER@DEVICE), "
@@ -433,8 +439,12 @@ def bench(
             raise ConfigError("give either artifacts (in-process bench) or --url (HTTP load test), not both")
         from ..bench.http import LoadConfig, load_test
 
-        rep = load_test(make_config(LoadConfig, url=url, concurrency=concurrency, duration_s=duration, requests=requests,
+        rep = load_test(make_config(LoadConfig, {"duration_s": "--duration", "timeout_s": "--timeout"}, url=url,
+                                    concurrency=concurrency, rate=rate, max_connections=max_connections,
+                                    processes=processes, duration_s=duration, requests=requests, timeout_s=timeout,
                                     data=data, items_per_request=items_per_request, api_key_env=api_key_env))
+        for w in rep.warnings:  # e.g. the client, not the server, was the limit
+            err_console.print(f"warning: {escape(w)}", highlight=False)
     else:
         if not artifacts:
             raise ConfigError("give at least one artifact to benchmark, or --url http://HOST:PORT of a running server")
@@ -450,6 +460,8 @@ def bench(
     if as_json:
         return _emit({**rep.model_dump(mode="json"), "written": {k: str(v) for k, v in written.items()}})
     console.print(rich_table(rep))
+    if url:
+        console.print(escape(rep.describe()), highlight=False)
     for kind, path in written.items():
         console.print(f"{kind}: {_p(path)}")
 
@@ -466,7 +478,8 @@ def serve(
                                                envvar="EDGEOPT_MAX_WAIT_MS")] = 5.0,
     api_key_env: Annotated[Optional[str], typer.Option(help="Require the API key held in this environment variable.",
                                                        envvar="EDGEOPT_API_KEY_ENV")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Server processes.", envvar="EDGEOPT_WORKERS")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=256, help="Server processes (each loads the model); /readyz is 200 only when "
+                                                            "all are ready, /metrics counts them all.", envvar="EDGEOPT_WORKERS")] = 1,
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads per process.", envvar="EDGEOPT_THREADS")] = None,
     target: Annotated[Optional[Target], typer.Option("--target", "-t", help="Deployment target (default: this host).",
                                                      envvar="EDGEOPT_TARGET")] = None,
@@ -477,6 +490,14 @@ def serve(
                                                 envvar="EDGEOPT_MAX_TEXT_CHARS")] = 4096,
     max_image_pixels: Annotated[int, typer.Option(help="Pixels per image, read from its header before decoding (422 beyond).",
                                                   envvar="EDGEOPT_MAX_IMAGE_PIXELS")] = 4096 * 4096,
+    max_batch_tokens: Annotated[int, typer.Option(help="Most padded tokens (inputs x longest) in one model call: bounds a batch's "
+                                                       "work, so a heavy request is split and cannot stall others.",
+                                                  envvar="EDGEOPT_MAX_BATCH_TOKENS")] = 2048,
+    log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug.", envvar="EDGEOPT_LOG_LEVEL")] = "info",
+    log_format: Annotated[str, typer.Option(help="text, or json: one JSON object per line (with request_id on access lines).",
+                                            envvar="EDGEOPT_LOG_FORMAT")] = "text",
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (at info level), "
+                                             "with the X-Request-ID it echoes.", envvar="EDGEOPT_ACCESS_LOG")] = True,
 ):
     """Serve an artifact over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics.
 
@@ -490,10 +511,17 @@ def serve(
 
     target = _v(target)
     option_names = {"timeout_s": "--timeout", "max_body_bytes": "--max-body-mb"}
+    from ..serve.logs import FORMATS, LEVELS
+
+    if log_level.lower() not in LEVELS:
+        raise ConfigError(f"--log-level {log_level}: choose one of {', '.join(LEVELS)}")
+    if log_format.lower() not in FORMATS:
+        raise ConfigError(f"--log-format {log_format}: choose text or json")
     settings = make_config(ServeSettings, option_names, artifact=str(_model_path(artifact)), max_batch=max_batch, max_wait_ms=max_wait_ms,
                            api_key_env=api_key_env, threads=threads, target=target, max_items=max_items,
                            max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout,
-                           max_text_chars=max_text_chars, max_image_pixels=max_image_pixels)
+                           max_text_chars=max_text_chars, max_image_pixels=max_image_pixels, max_batch_tokens=max_batch_tokens,
+                           workers=workers, access_log=access_log, log_format=log_format.lower())
     if api_key_env and not os.environ.get(api_key_env):
         raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; export it with the key")
     from ..artifact import load_artifact
@@ -505,7 +533,7 @@ def serve(
     handler_for(art).check_runtime_installed(art)  # hf/torch artifacts need [train]: say so before listening
     check_bind(host, port)  # a port in use is one error line too
     err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
-    run(settings, host=host, port=port, workers=workers, artifact=art)
+    run(settings, host=host, port=port, log_level=log_level.lower(), artifact=art)
 
 
 @app.command("run")
