@@ -50,7 +50,6 @@ def main() -> int:
 
     # ---- product classifier (MiniLM-L6, 6 layers) ----
     pc = {s.name: s.path for s in run_recipe(ROOT / "examples/product-classifier/compress.yaml").stages}
-    merged = load_artifact(pc["merged"])
     fp32_acc = load_artifact(pc["pruned"]).manifest.metrics["before"]["accuracy"]
     qat_acc = acc_of(load_artifact(pc["qat"]))
     ptq_acc = acc_of(load_artifact(pc["int8-static"]))

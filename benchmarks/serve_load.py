@@ -23,13 +23,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from _procs import stop_process  # benchmarks/ is on sys.path when a script runs
+from _procs import PeakSampler, print_report, stop_process  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "product-classifier" / "data" / "test.jsonl"
@@ -200,25 +199,10 @@ def in_process_latency(artifact: Path, threads: int, runs: int) -> dict:
 def soak(srv: Server, seconds: float, concurrency: int, warmup_s: float) -> dict:
     load(srv.url, concurrency, duration_s=warmup_s, warmup=0)  # warm-up under the same load
     rss_start = srv.rss_mb()
-    samples = [rss_start]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.wait(1.0):
-            try:
-                samples.append(srv.rss_mb())
-            except Exception:
-                return
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
+    with PeakSampler(srv.rss_mb, 1.0) as sampler:
         row = load(srv.url, concurrency, duration_s=seconds, warmup=0)
-    finally:
-        stop.set()
-        th.join()
     rss_end = srv.rss_mb()
-    return {"row": row, "rss_start": rss_start, "rss_end": rss_end, "rss_peak": max(samples + [rss_end]),
+    return {"row": row, "rss_start": rss_start, "rss_end": rss_end, "rss_peak": max([rss_start, rss_end, *sampler.samples]),
             "rss_growth": rss_end - rss_start, "alive": srv.proc.poll() is None}
 
 
@@ -280,12 +264,7 @@ def main() -> int:
         results["soak"] = soak(srv, args.soak_seconds, 32, warmup_s=min(15.0, max(3.0, args.soak_seconds / 10)))
 
     md = render(results, args, int8, time.perf_counter() - t_start)
-    print()
-    print(md)
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(md)
-        print(f"written: {args.md}")
+    print_report(md, args.md)
     print(f"server logs: {log_dir}")
     return 0
 

@@ -50,7 +50,7 @@ VERIFIED_ENV = "EDGEOPT_SERVE_VERIFIED"
 # Set by serve() for its worker processes: the folder they share (readiness, metrics), removed at exit.
 SHARED_ENV = "EDGEOPT_SERVE_SHARED"
 CLIENT_GONE = 499  # nginx's "client closed request": logged and counted, never seen by the client
-WATCH_AFTER_S = 0.05  # a prediction that takes longer has its client watched for a disconnect
+WATCH_AFTER_S = 0.5  # a prediction that takes longer has its client watched for a disconnect
 RELEASE_ABOVE_TOKENS = 512  # after a batch bigger than this, ONNX Runtime returns its arena's unused memory
 
 

@@ -72,6 +72,7 @@ class MicroBatcher:
         self.coming = coming
         self._jobs: deque[_Job] = deque()  # jobs with items not yet taken, in turn order
         self._arrival: asyncio.Event | None = None
+        self._full: asyncio.Future | None = None  # while waiting for company: set once a batch is full
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeopt-infer")
         self._last_requests = 0
@@ -116,6 +117,8 @@ class MicroBatcher:
         if self._arrival is None:  # queued before start(): the loop finds it when it starts
             self._arrival = asyncio.Event()
         self._arrival.set()
+        if self._full is not None and not self._full.done() and self.queued_items >= self.max_batch:
+            self._full.set_result(None)
         return job.future
 
     def _on_done(self, job: _Job, future: asyncio.Future) -> None:
@@ -181,17 +184,15 @@ class MicroBatcher:
                 self._arrival.clear()
                 await self._arrival.wait()
                 continue
-            if self.max_wait > 0 and self._company_coming():
-                deadline = loop.time() + self.max_wait
-                while self.queued_items < self.max_batch:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    self._arrival.clear()
-                    try:
-                        await asyncio.wait_for(self._arrival.wait(), remaining)
-                    except asyncio.TimeoutError:
-                        break
+            if self.max_wait > 0 and self._company_coming() and self.queued_items < self.max_batch:
+                # one future and one timer per batch: wakes when the batch is full or the wait is over
+                self._full = full = loop.create_future()
+                timer = loop.call_later(self.max_wait, lambda: full.done() or full.set_result(None))
+                try:
+                    await full
+                finally:
+                    timer.cancel()
+                    self._full = None
             parts = self.take()
             if not parts:
                 continue
