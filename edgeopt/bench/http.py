@@ -456,6 +456,21 @@ def _split(n: int, parts: int, i: int) -> int:
     return n // parts + (1 if i < n % parts else 0)
 
 
+def _why(e: BaseException) -> str:
+    """A connection failure in words (no exception class names in a user's error line)."""
+    import socket
+
+    if isinstance(e, _TIMEOUT):
+        return "timed out"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, socket.gaierror):
+        return f"unknown host: {e.strerror}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e) or "the connection failed"
+
+
 def load_test(cfg: LoadConfig) -> LoadReport:
     """Load-test the server at ``cfg.url``; see the module docstring."""
     host, port, prefix = _check(cfg)
@@ -478,7 +493,7 @@ def load_test(cfg: LoadConfig) -> LoadReport:
                 conn, f"GET {prefix}/v1/model HTTP/1.1\r\n{headers}\r\n".encode()))
         except _EXCHANGE_ERRORS as e:
             conn.close()
-            why = "timed out" if isinstance(e, _TIMEOUT) else f"{type(e).__name__}: {e}"
+            why = _why(e)
             raise InputError(f"{base}/v1/model: cannot reach the server ({why}); is `edgeopt serve` running there?") from e
         try:
             info = json.loads(body) if status == 200 else None
