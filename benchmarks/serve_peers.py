@@ -712,7 +712,7 @@ def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for pkg in ("edgeopt", "litserve", "fastapi", "uvicorn", "onnxruntime", "tokenizers", "httpx"):
+    for pkg in ("edgeopt", "litserve", "fastapi", "uvicorn", "uvloop", "httptools", "onnxruntime", "tokenizers", "httpx"):
         try:
             out.append(f"{pkg} {version(pkg)}")
         except PackageNotFoundError:
