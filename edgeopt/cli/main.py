@@ -532,7 +532,8 @@ def serve(
     art = load_artifact(settings.artifact)  # verified once; a bad path is one line, before any banner
     handler_for(art).check_runtime_installed(art)  # hf/torch artifacts need [train]: say so before listening
     check_bind(host, port)  # a port in use is one error line too
-    err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
+    if settings.log_format == "text":  # JSON logs stay JSON, line for line (uvicorn says where it listens)
+        err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
     run(settings, host=host, port=port, log_level=log_level.lower(), artifact=art)
 
 
