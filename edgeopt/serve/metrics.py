@@ -60,11 +60,16 @@ class ServeMetrics:
 
         if not self.multiprocess:
             return generate_latest(self.registry)
-        from prometheus_client.multiprocess import MultiProcessCollector
+        from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+        folder = Path(os.environ[MULTIPROC_ENV])
+        for f in folder.glob("gauge_live*.db"):  # a worker that crashed: its in-flight and queue leave the sums
+            pid = f.stem.rsplit("_", 1)[-1]
+            if pid.isdigit() and not alive(int(pid)):
+                mark_process_dead(int(pid), str(folder))
         r = CollectorRegistry()
         MultiProcessCollector(r)
-        r.register(_WorkersProcessCollector(Path(os.environ[MULTIPROC_ENV])))
+        r.register(_WorkersProcessCollector(folder))
         return generate_latest(r)
 
     def worker_exit(self) -> None:

@@ -299,3 +299,31 @@ def test_bad_log_options_are_one_line(serve_cls_onnx):
     for args, word in ((["--log-level", "loud"], "--log-level"), (["--log-format", "xml"], "--log-format")):
         r = cli("serve", str(serve_cls_onnx.path), *args)
         assert word in assert_clean_failure(r, codes=(2,))
+
+
+def test_multiprocess_metrics_forget_a_dead_workers_live_gauges(tmp_path):
+    """Run in a child process: prometheus_client reads PROMETHEUS_MULTIPROC_DIR when it is imported."""
+    import subprocess
+    import sys
+
+    code = r'''
+import os, subprocess, sys
+from pathlib import Path
+folder = Path(sys.argv[1])
+from edgeopt.serve.metrics import ServeMetrics
+m = ServeMetrics(30.0, multiprocess=True)
+m.in_flight.inc(3)
+m.requests.labels("/v1/predict", "POST", "200").inc(5)
+# a worker that died with 2 requests in flight: its live gauge file is left behind
+dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+mine = next(folder.glob(f"gauge_livesum_{os.getpid()}.db"))
+(folder / f"gauge_livesum_{dead}.db").write_bytes(mine.read_bytes())
+text = m.exposition().decode()
+print(text)
+'''
+    env = {**__import__("os").environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert metric_value(out.stdout, "edgeopt_in_flight_requests") == 3  # the dead worker's 3 are gone
+    assert metric_value(out.stdout, "edgeopt_requests_total", PREDICT_OK) == 5
+    assert metric_value(out.stdout, "process_resident_memory_bytes") > 0
