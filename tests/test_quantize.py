@@ -1,6 +1,7 @@
 """Quantization: ONNX Runtime dynamic / static QDQ per target, with accuracy and fidelity recorded."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -275,3 +276,61 @@ def test_bad_calib_data_is_input_error(tmp_path, cls_onnx, bad_jsonl):
     assert ei.value.exit_code == 2
     assert "ONNX Runtime quantization failed" not in str(ei.value)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# keeping nodes and op types in float
+# ---------------------------------------------------------------------------------------------
+
+def _nodes(art) -> dict[str, str]:
+    return {n.name: n.op_type for n in onnx.load(str(art.path / "model.onnx")).graph.node}
+
+
+def test_excluded_nodes_stay_float_and_are_recorded(tmp_path, emb_onnx):
+    full = quantize(emb_onnx, tmp_path / "all", QuantizeConfig(ptq="dynamic"))
+    fp32 = _nodes(emb_onnx)
+    matmuls = sorted(n for n, t in fp32.items() if t == "MatMul")
+    assert matmuls, fp32
+    keep = matmuls[:2]
+    part = quantize(emb_onnx, tmp_path / "part", QuantizeConfig(ptq="dynamic", exclude_nodes=keep))
+    after, quantized = _nodes(part), _nodes(full)
+    for name in keep:
+        assert after.get(name) == "MatMul", (name, after.get(name))  # still the float MatMul, by name
+        assert quantized.get(name) != "MatMul"  # which the full quantization replaced
+    # the rest is quantized as before
+    assert sum(t == "MatMulInteger" for t in after.values()) == sum(t == "MatMulInteger" for t in quantized.values()) - 2
+    q = part.manifest.model.quantization
+    assert q["excluded_nodes"] == keep and q["excluded_op_types"] == []
+    assert part.manifest.metrics["eval"]["cosine_min"] >= full.manifest.metrics["eval"]["cosine_min"] - 1e-3
+
+
+def test_excluded_op_types_stay_float(tmp_path, emb_onnx):
+    part = quantize(emb_onnx, tmp_path / "no-matmul", QuantizeConfig(ptq="dynamic", exclude_op_types=["MatMul"]))
+    ops = Counter(_nodes(part).values())
+    assert ops["MatMulInteger"] == 0 and ops["MatMul"] == Counter(_nodes(emb_onnx).values())["MatMul"]
+    assert part.manifest.model.quantization["excluded_op_types"] == ["MatMul"]
+
+
+def test_unknown_exclusions_are_config_errors_naming_them(tmp_path, emb_onnx):
+    name = next(n for n, t in _nodes(emb_onnx).items() if t == "MatMul")
+    with pytest.raises(ConfigError, match="no node named 'nope'") as e:
+        quantize(emb_onnx, tmp_path / "a", QuantizeConfig(ptq="dynamic", exclude_nodes=["nope"]))
+    assert "quantizable nodes are e.g." in str(e.value)
+    with pytest.raises(ConfigError, match=re.escape(f"closest: {name}")):
+        quantize(emb_onnx, tmp_path / "b", QuantizeConfig(ptq="dynamic", exclude_nodes=[name + "x"]))
+    with pytest.raises(ConfigError, match="--exclude-op-types Softmax: not an op type dynamic quantization quantizes"):
+        quantize(emb_onnx, tmp_path / "c", QuantizeConfig(ptq="dynamic", exclude_op_types=["Softmax"]))
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
+
+
+def test_cli_exclusions(tmp_path, emb_onnx):
+    from test_cli import assert_clean_failure, cli
+
+    matmuls = sorted(n for n, t in _nodes(emb_onnx).items() if t == "MatMul")
+    r = cli("quantize", emb_onnx.path, "-o", tmp_path / "q", "--exclude-nodes", f"{matmuls[0]},{matmuls[1]}",
+            "--exclude-nodes", matmuls[2], "--json")
+    assert r.returncode == 0, r.stderr
+    q = load_artifact(tmp_path / "q").manifest.model.quantization
+    assert q["excluded_nodes"] == matmuls[:3]
+    r = cli("quantize", emb_onnx.path, "-o", tmp_path / "bad", "--exclude-op-types", "Nope")
+    assert "Nope" in assert_clean_failure(r, tmp_path / "bad", codes=(2,))

@@ -191,6 +191,10 @@ def quantize(
     val_data: ValDataOpt = None,
     epochs: Annotated[int, typer.Option(help="QAT epochs.")] = 1,
     lr: Annotated[float, typer.Option(help="QAT learning rate.")] = 2e-5,
+    exclude_nodes: Annotated[Optional[list[str]], typer.Option(help="Keep this node in float (its name in the graph; "
+                                                               "repeat the option or separate names by commas).")] = None,
+    exclude_op_types: Annotated[Optional[list[str]], typer.Option(help="Keep every node of this op type in float, e.g. "
+                                                                  "Attention (repeatable or comma-separated).")] = None,
     as_json: JsonOpt = False,
 ):
     """Quantize to int8: ONNX Runtime PTQ on ONNX artifacts, or QAT / torch-side PTQ on PyTorch models."""
@@ -202,6 +206,9 @@ def quantize(
         if not qat and ptq != "static":
             raise ConfigError(f"{parent.path} is a PyTorch model: use --qat --data DATA, or --ptq static --calib DATA "
                               "(torch-side PTQ); for ONNX Runtime PTQ run `edgeopt export` first")
+        if exclude_nodes or exclude_op_types:
+            raise ConfigError("--exclude-nodes/--exclude-op-types apply to ONNX Runtime PTQ of an ONNX artifact; "
+                              "run `edgeopt export` first and quantize that")
         from ..stages.qat import QATConfig
         from ..stages.qat import qat as run_qat
 
@@ -218,7 +225,8 @@ def quantize(
         from ..stages.quantize import quantize as run
 
         cfg = make_config(QuantizeConfig, ptq=ptq or "dynamic", calib=calib, calib_samples=calib_samples, method=method,
-                          per_channel=per_channel, target=target, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
+                          per_channel=per_channel, target=target, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
+                          exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types))
         art = run(parent, output, cfg)
     if as_json:
         return _emit(artifact_summary(art))
@@ -228,9 +236,22 @@ def quantize(
     console.print(f"[green]quantized[/green] {_p(art.path)}: {q['mode']} int8 for {q['target']} "
                   f"(weights {q['weight_type']}{', per-channel' if q['per_channel'] else ''}, activations {q['activation_type']}), "
                   f"{m.metrics['size_bytes'] / 1e6:.1f} MB")
+    kept = [*q.get("excluded_op_types", []), *q.get("excluded_nodes", [])]
+    if kept:
+        console.print(f"  kept in float: {escape(', '.join(kept))}")
     parts = [f"{k} {v:.4f}" for k, v in ev.items() if k in ("parent_accuracy", "accuracy", "top1_agreement", "cosine_mean") and v is not None]
     if parts:
         console.print(f"  on {ev.get('samples', '?')} samples of {_p(ev['data'])}: " + ", ".join(parts))
+
+
+def _names(values: Optional[list[str]]) -> list[str]:
+    """Repeated options and comma-separated lists alike, in order, without duplicates."""
+    out: list[str] = []
+    for v in values or []:
+        for name in v.split(","):
+            if name.strip() and name.strip() not in out:
+                out.append(name.strip())
+    return out
 
 
 EnginePrecision = _choices("EnginePrecision", ["fp32", "fp16", "int8", "best"])

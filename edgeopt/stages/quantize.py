@@ -30,6 +30,9 @@ class QuantizeConfig(StageConfig):
     eval_data: Optional[str] = None  # labelled data: accuracy; otherwise fidelity on calib/sample data
     eval_samples: Optional[int] = Field(None, ge=1)
     max_accuracy_drop: Optional[float] = Field(None, ge=0)  # in points; exceeded -> error
+    # nodes (by name in the graph being quantized) and op types kept in float
+    exclude_nodes: list[str] = Field(default_factory=list)
+    exclude_op_types: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _static_needs_calib(self):
@@ -81,15 +84,20 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
         try:
             prepped = tmp / "preprocessed.onnx"
             _pre_process(src, prepped, external)
+            op_types = exclusions(prepped, cfg)
+            if cfg.exclude_nodes or cfg.exclude_op_types:
+                fmt_record.update(excluded_nodes=list(cfg.exclude_nodes), excluded_op_types=list(cfg.exclude_op_types))
             if cfg.ptq == "dynamic":
                 quantize_dynamic(prepped, dst, weight_type=qtype[q.weight_type], per_channel=per_channel,
                                  reduce_range=target.reduce_range(), use_external_data_format=external,
+                                 op_types_to_quantize=op_types, nodes_to_exclude=list(cfg.exclude_nodes) or None,
                                  extra_options={**extra, "WeightSymmetric": q.weight_symmetric})
             else:
                 calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
                 fmt_record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
                 quantize_static(
                     prepped, dst, _Reader(pre, calib.samples), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    op_types_to_quantize=op_types, nodes_to_exclude=list(cfg.exclude_nodes) or None,
                     reduce_range=target.reduce_range(), activation_type=qtype[q.activation_type],
                     weight_type=qtype[q.weight_type], use_external_data_format=external,
                     calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -119,6 +127,39 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
         manifest.metrics["parent_size_bytes"] = parent.manifest.metrics.get("size_bytes")
         manifest = finalize(tmp, manifest)
     return Artifact(Path(out).expanduser().resolve(), manifest)
+
+
+def exclusions(graph_path: Path, cfg: QuantizeConfig) -> Optional[list[str]]:
+    """Check ``exclude_nodes`` / ``exclude_op_types`` against the graph about to be quantized (after
+    ONNX Runtime's pre-pass) and return the op types to quantize (None: ONNX Runtime's default set).
+    An unknown name is a ConfigError naming it, with the closest names in the graph."""
+    import difflib
+
+    import onnx
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
+
+    if not cfg.exclude_nodes and not cfg.exclude_op_types:
+        return None
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    quantizable = sorted(IntegerOpsRegistry if cfg.ptq == "dynamic" else QDQRegistry)
+    present = {n.op_type for n in graph.node}
+    names = {n.name for n in graph.node if n.name}
+    unknown = [n for n in cfg.exclude_nodes if n not in names]
+    if unknown:
+        candidates = sorted(n.name for n in graph.node if n.name and n.op_type in quantizable)
+        hints = []
+        for n in unknown[:3]:
+            close = difflib.get_close_matches(n, candidates, n=3, cutoff=0.5)
+            hints.append(f"'{n}'" + (f" (closest: {', '.join(close)})" if close else ""))
+        some = "" if any("closest" in h for h in hints) else f"; quantizable nodes are e.g. {', '.join(candidates[:3])}"
+        raise ConfigError(f"--exclude-nodes: no node named {'; '.join(hints)} in the graph being quantized{some}")
+    bad = [t for t in cfg.exclude_op_types if t not in quantizable]
+    if bad:
+        raise ConfigError(f"--exclude-op-types {', '.join(bad)}: not an op type {cfg.ptq} quantization quantizes; "
+                          f"choose from {', '.join(t for t in quantizable if t in present) or ', '.join(quantizable)}")
+    if not cfg.exclude_op_types:
+        return None
+    return [t for t in quantizable if t not in cfg.exclude_op_types]
 
 
 def _pre_process(src: Path, dst: Path, external: bool) -> None:
