@@ -837,6 +837,46 @@ def _render_compare(res) -> None:
         console.print(w)
 
 
+@app.command("sensitivity")
+def sensitivity_cmd(
+    model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact.")],
+    data: Annotated[Optional[str], typer.Option(help="Inputs to measure on (.jsonl, .npz, sklearn:digits; default: the "
+                                                     "artifact's sample inputs).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Samples to measure on (default 32).")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Rows to show, most sensitive first.")] = 10,
+    target: TargetOpt = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Per-channel weight scales.")] = True,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
+    as_json: JsonOpt = False,
+):
+    """Rank nodes by how much quantizing each alone (dynamic int8) moves the output from fp32; keep the
+    worst in float with `edgeopt quantize --exclude-nodes`."""
+    from ..sensitivity import SensitivityConfig, sensitivity
+
+    cfg = make_config(SensitivityConfig, data=data, samples=samples, target=_v(target), per_channel=per_channel, threads=threads)
+    res = sensitivity(_model_path(model), cfg)
+    if as_json:
+        return _emit(res.model_dump(mode="json"))
+    from rich.table import Table
+    from rich.text import Text
+
+    def row(r, rank: str):
+        agree = "-" if r.top1_agreement is None else f"{r.top1_agreement:.2%}"
+        return (rank, r.node, r.op_type, f"{r.error:.2e}", f"{r.cosine_min:.6f}", agree)
+
+    console.print(Text(f"{res.artifact}: {len(res.nodes)} quantizable nodes, {res.samples} samples from {res.data}, "
+                       f"int8 for {res.target} ({'per-channel' if res.per_channel else 'per-tensor'}), {res.seconds:.0f} s"))
+    t = Table()
+    for c in ("#", "node (quantized alone)", "op", "1 - cosine mean", "cosine min", "top-1 agreement"):
+        t.add_column(c, justify="left" if c in ("node (quantized alone)", "op") else "right")
+    for i, r in enumerate(res.worst(top), 1):
+        t.add_row(*(Text(x) for x in row(r, str(i))))
+    t.add_row(*(Text(x) for x in row(res.full.model_copy(update={"node": "all of them"}), "")))
+    console.print(t)
+    worst = [r.node for r in res.worst(min(3, top))]
+    console.print(Text(f"to keep the worst in float: edgeopt quantize {model} -o OUT --exclude-nodes {','.join(worst)}"))
+
+
 def _click_exceptions():
     """Typer >= 0.25 ships its own copy of click; older ones use click itself."""
     try:

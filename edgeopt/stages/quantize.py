@@ -88,10 +88,8 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
             if cfg.exclude_nodes or cfg.exclude_op_types:
                 fmt_record.update(excluded_nodes=list(cfg.exclude_nodes), excluded_op_types=list(cfg.exclude_op_types))
             if cfg.ptq == "dynamic":
-                quantize_dynamic(prepped, dst, weight_type=qtype[q.weight_type], per_channel=per_channel,
-                                 reduce_range=target.reduce_range(), use_external_data_format=external,
-                                 op_types_to_quantize=op_types, nodes_to_exclude=list(cfg.exclude_nodes) or None,
-                                 extra_options={**extra, "WeightSymmetric": q.weight_symmetric})
+                quantize_dynamic(prepped, dst, use_external_data_format=external, op_types_to_quantize=op_types,
+                                 nodes_to_exclude=list(cfg.exclude_nodes) or None, **dynamic_options(target, per_channel))
             else:
                 calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
                 fmt_record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
@@ -127,6 +125,18 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
         manifest.metrics["parent_size_bytes"] = parent.manifest.metrics.get("size_bytes")
         manifest = finalize(tmp, manifest)
     return Artifact(Path(out).expanduser().resolve(), manifest)
+
+
+def dynamic_options(target, per_channel: bool) -> dict:
+    """quantize_dynamic's keyword arguments for ``target`` (the int8 format its hardware wants)."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    q = target.quantization
+    return dict(weight_type={"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[q.weight_type], per_channel=per_channel,
+                reduce_range=target.reduce_range(),
+                # fused contrib ops (Attention...) have weights without inferred types: say they are float
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "WeightSymmetric": q.weight_symmetric})
 
 
 def exclusions(graph_path: Path, cfg: QuantizeConfig) -> Optional[list[str]]:
