@@ -59,16 +59,13 @@ def sensitivity(model: Artifact | str | Path, config: SensitivityConfig | None =
     from .models.preprocess import Preprocessor
     from .progress import progress
     from .runtime.onnxruntime import OrtRuntime
-    from .stages.quantize import _pre_process, dynamic_options
+    from .stages.quantize import _pre_process, dynamic_options, require_fp32_onnx
     from .targets import get_target
 
     cfg = config or SensitivityConfig()
     art = model if isinstance(model, Artifact) else load_artifact(model)
     m = art.manifest
-    if m.format != "onnx":
-        raise ConfigError(f"{art.path}: is format '{m.format}'; sensitivity quantizes ONNX graphs — run `edgeopt export` first")
-    if m.model.precision != "fp32":
-        raise ConfigError(f"{art.path}: is already {m.model.precision}; give the fp32 export it was quantized from")
+    require_fp32_onnx(art, "sensitivity quantizes ONNX graphs")
     target = get_target(cfg.target)
     if target.runtime == "tensorrt":
         raise ConfigError(f"target '{target.name}' runs TensorRT, whose int8 is static Q/DQ; per-node sensitivity "

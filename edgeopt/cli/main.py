@@ -532,12 +532,9 @@ def serve(
 
     target = _v(target)
     option_names = {"timeout_s": "--timeout", "max_body_bytes": "--max-body-mb"}
-    from ..serve.logs import FORMATS, LEVELS
+    from ..serve.logs import check_level
 
-    if log_level.lower() not in LEVELS:
-        raise ConfigError(f"--log-level {log_level}: choose one of {', '.join(LEVELS)}")
-    if log_format.lower() not in FORMATS:
-        raise ConfigError(f"--log-format {log_format}: choose text or json")
+    log_level = check_level(log_level)  # before the banner: a bad level is the only line
     settings = make_config(ServeSettings, option_names, artifact=str(_model_path(artifact)), max_batch=max_batch, max_wait_ms=max_wait_ms,
                            api_key_env=api_key_env, threads=threads, target=target, max_items=max_items,
                            max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout,
@@ -555,7 +552,7 @@ def serve(
     check_bind(host, port)  # a port in use is one error line too
     if settings.log_format == "text":  # JSON logs stay JSON, line for line (uvicorn says where it listens)
         err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
-    run(settings, host=host, port=port, log_level=log_level.lower(), artifact=art)
+    run(settings, host=host, port=port, log_level=log_level, artifact=art)
 
 
 @app.command("run")

@@ -563,11 +563,10 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, lo
     require("serve", purpose="serving", modules=SERVER_MODULES)
     import uvicorn
 
-    from .logs import LEVELS, log_config
+    from .logs import check_level, log_config
     from .metrics import MULTIPROC_ENV
 
-    if log_level not in LEVELS:
-        raise ConfigError(f"--log-level {log_level}: choose one of {', '.join(LEVELS)}")
+    log_level = check_level(log_level)
     art = artifact if artifact is not None else load_artifact(settings.artifact)
     check_bind(host, port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler that was

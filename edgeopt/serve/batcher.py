@@ -78,7 +78,6 @@ class MicroBatcher:
         self._last_requests = 0
         self._resting: _Job | None = None  # the request whose turn the running batch is
         self._per_cost: float | None = None  # seconds per unit of cost of recent model calls (a moving average)
-        self.running = 0  # items in the model call under way
 
     @property
     def queued_items(self) -> int:
@@ -207,7 +206,6 @@ class MicroBatcher:
             self._last_requests = len(parts)
             if self.on_batch:
                 self.on_batch(len(items), cost)
-            self.running = len(items)
             t = time.perf_counter()
             try:
                 if inline:
@@ -222,7 +220,6 @@ class MicroBatcher:
                         job.future.set_exception(e)
                 continue
             finally:
-                self.running = 0
                 if self._resting is not None and not self._resting.future.done():
                     self._jobs.append(self._resting)
                 self._resting = None

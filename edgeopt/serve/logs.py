@@ -11,7 +11,6 @@ import logging
 import time
 
 LEVELS = ("critical", "error", "warning", "info", "debug")
-FORMATS = ("text", "json")
 # LogRecord attributes that are not "extra" fields
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
 
@@ -33,6 +32,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
+
+
+def check_level(level: str) -> str:
+    """The level in lower case; a ConfigError naming the choices for anything else."""
+    from ..errors import ConfigError
+
+    if level.lower() not in LEVELS:
+        raise ConfigError(f"--log-level {level}: choose one of {', '.join(LEVELS)}")
+    return level.lower()
 
 
 def log_config(level: str = "info", fmt: str = "text") -> dict:

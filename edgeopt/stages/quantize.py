@@ -55,10 +55,7 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
     parent = model if isinstance(model, Artifact) else load_artifact(model)
     check_output(out, parent, cfg)
     pm = parent.manifest
-    if pm.format != "onnx":
-        raise ConfigError(f"{parent.path}: is format '{pm.format}'; ONNX Runtime PTQ takes an onnx artifact — run `edgeopt export` first")
-    if pm.model.precision != "fp32":
-        raise ConfigError(f"{parent.path}: is already {pm.model.precision}; quantize the fp32 export instead")
+    require_fp32_onnx(parent, "ONNX Runtime PTQ takes an onnx artifact")
     target = get_target(cfg.target)
     if target.runtime == "tensorrt" and cfg.ptq == "dynamic":
         raise ConfigError(f"target '{target.name}' runs TensorRT, which has no dynamic quantization; use --ptq static with --calib DATA")
@@ -125,6 +122,15 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
         manifest.metrics["parent_size_bytes"] = parent.manifest.metrics.get("size_bytes")
         manifest = finalize(tmp, manifest)
     return Artifact(Path(out).expanduser().resolve(), manifest)
+
+
+def require_fp32_onnx(art: Artifact, why: str) -> None:
+    """ConfigError unless ``art`` is an fp32 ONNX artifact (what ONNX Runtime quantization starts from)."""
+    m = art.manifest
+    if m.format != "onnx":
+        raise ConfigError(f"{art.path}: is format '{m.format}'; {why} — run `edgeopt export` first")
+    if m.model.precision != "fp32":
+        raise ConfigError(f"{art.path}: is already {m.model.precision}; quantize the fp32 export instead")
 
 
 def dynamic_options(target, per_channel: bool) -> dict:
