@@ -334,3 +334,5 @@ def test_cli_exclusions(tmp_path, emb_onnx):
     assert q["excluded_nodes"] == matmuls[:3]
     r = cli("quantize", emb_onnx.path, "-o", tmp_path / "bad", "--exclude-op-types", "Nope")
     assert "Nope" in assert_clean_failure(r, tmp_path / "bad", codes=(2,))
+    r = cli("quantize", emb_onnx.path, "-o", tmp_path / "bad", "--exclude-nodes", " , ")
+    assert "--exclude-nodes: no name given" in assert_clean_failure(r, tmp_path / "bad", codes=(2,))

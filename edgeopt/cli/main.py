@@ -226,7 +226,8 @@ def quantize(
 
         cfg = make_config(QuantizeConfig, ptq=ptq or "dynamic", calib=calib, calib_samples=calib_samples, method=method,
                           per_channel=per_channel, target=target, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
-                          exclude_nodes=_names(exclude_nodes), exclude_op_types=_names(exclude_op_types))
+                          exclude_nodes=_names(exclude_nodes, "--exclude-nodes"),
+                          exclude_op_types=_names(exclude_op_types, "--exclude-op-types"))
         art = run(parent, output, cfg)
     if as_json:
         return _emit(artifact_summary(art))
@@ -244,13 +245,16 @@ def quantize(
         console.print(f"  on {ev.get('samples', '?')} samples of {_p(ev['data'])}: " + ", ".join(parts))
 
 
-def _names(values: Optional[list[str]]) -> list[str]:
-    """Repeated options and comma-separated lists alike, in order, without duplicates."""
+def _names(values: Optional[list[str]], option: str) -> list[str]:
+    """Repeated options and comma-separated lists alike, in order, without duplicates; an option
+    given with nothing in it is a ConfigError (it would otherwise quietly exclude nothing)."""
     out: list[str] = []
     for v in values or []:
         for name in v.split(","):
             if name.strip() and name.strip() not in out:
                 out.append(name.strip())
+    if values and not out:
+        raise ConfigError(f"{option}: no name given; give one or more, separated by commas")
     return out
 
 
