@@ -878,6 +878,66 @@ def sensitivity_cmd(
     console.print(Text(f"to keep the worst in float: edgeopt quantize {model} -o OUT --exclude-nodes {','.join(worst)}"))
 
 
+@app.command("tune")
+def tune_cmd(
+    model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact (a Hugging Face or torch one is exported first).")],
+    output: OutOpt,
+    data: Annotated[str, typer.Option(help="Real inputs (.jsonl, .npz, sklearn:digits): latency at their lengths; "
+                                           "with labels, accuracy.")],
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Budget: points of accuracy below fp32 (labelled "
+                                                                    "data; default 1 when the data has labels).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="Budget: top-1 agreement with fp32 (classifier) or minimum "
+                                                                "cosine to fp32 (embeddings); default 0.98 without labels.")] = None,
+    target: TargetOpt = None,
+    budget_minutes: Annotated[float, typer.Option(help="Stop trying new variants after this many minutes.")] = 20.0,
+    calib: Annotated[Optional[str], typer.Option(help="Calibration data for static variants (default: --data).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to time.")] = "1,8",
+    seq_len: Annotated[str, typer.Option(help="'auto' (each batch padded to its longest real input) or a fixed length.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: the target's).")] = None,
+    eval_samples: Annotated[Optional[int], typer.Option(help="Samples for accuracy and fidelity (default 512).")] = None,
+    max_float_nodes: Annotated[Optional[int], typer.Option(help="Most nodes kept in float by the sensitivity ranking (default 8).")] = None,
+    static: Annotated[bool, typer.Option("--static/--no-static", help="Try static Q/DQ variants (calibrated).")] = True,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Where measured variants are cached (default ~/.cache/edgeopt; "
+                                                           "a re-run resumes from it).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure every variant again and cache nothing.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Search int8 variants (dynamic/static, per-channel/per-tensor/mixed, float nodes by sensitivity, session
+    options) and write the fastest within the accuracy budget, with every variant and the Pareto front."""
+    from ..tune import TuneConfig, tune
+
+    if seq_len != "auto" and not seq_len.isdigit():
+        raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
+    cfg = make_config(TuneConfig, data=data, max_accuracy_drop=max_accuracy_drop, min_agreement=min_agreement,
+                      target=_v(target), budget_minutes=budget_minutes, calib=calib,
+                      batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
+                      seq_len=seq_len if seq_len == "auto" else int(seq_len), threads=threads, eval_samples=eval_samples,
+                      max_float_nodes=max_float_nodes, static=static, cache_dir="" if no_cache else cache_dir)
+    res = tune(_model_path(model), output, cfg, on_progress=_status_printer(as_json))
+    if as_json:
+        return _emit(res.model_dump(mode="json"))
+    from rich.table import Table
+
+    c = res.chosen
+    console.print(f"[green]tuned[/green] {_p(res.artifact)}: {escape(c.label)}, {c.speedup:.2f}x fp32 "
+                  f"({res.budget}; {len(res.trials)} variants in {res.seconds / 60:.1f} min"
+                  + (f"; stopped early: {escape(res.stopped)}" if res.stopped else "") + ")")
+    t = Table(title="Pareto front (speed vs quality)")
+    batches = sorted({int(b) for tr in res.trials for b in tr.latency})
+    for col in ("variant", *[f"b{b} ms" for b in batches], "speed", res.metric, "budget"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    from ..tune.pareto import quality_value
+
+    for tr in sorted((x for x in res.trials if x.on_front), key=lambda x: -x.speedup):
+        ms = [f"{tr.latency[b]['ms']:.2f}" if b in tr.latency else "-" for b in batches]
+        q = quality_value(tr, res.metric)
+        mark = "ref" if tr.variant.ptq == "fp32" else ("yes" if tr.meets_budget else "no")
+        name = f"[bold]{escape(tr.label)}[/bold]" if tr is c else escape(tr.label)
+        t.add_row(name, *ms, f"{tr.speedup:.2f}x", f"{q:.2%}" if res.metric == "accuracy" else f"{q:.4f}", mark)
+    console.print(t)
+    console.print(f"report: {_p(res.report)}")
+
+
 def _click_exceptions():
     """Typer >= 0.25 ships its own copy of click; older ones use click itself."""
     try:

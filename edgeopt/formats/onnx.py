@@ -23,6 +23,8 @@ class OnnxModel(ModelInfo):
     external_data: bool = False
     target: Optional[str] = None  # the target profile it was exported for (edgeopt export --target)
     quantization: Optional[dict[str, Any]] = None  # int8: mode, target, types, per-channel ...
+    # ONNX Runtime session options it was tuned with (edgeopt tune); over the target's own
+    session_config: dict[str, str] = {}
 
 
 class OnnxHandler(FormatHandler):
@@ -37,8 +39,10 @@ class OnnxHandler(FormatHandler):
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):
         from ..runtime.onnxruntime import OrtRuntime
 
-        return OrtRuntime(artifact.path / artifact.manifest.model.file, threads=threads, providers=providers,
-                          output_names=[t.name for t in artifact.manifest.io.outputs], session_config=session_config)
+        info = artifact.manifest.model
+        return OrtRuntime(artifact.path / info.file, threads=threads, providers=providers,
+                          output_names=[t.name for t in artifact.manifest.io.outputs],
+                          session_config={**(session_config or {}), **info.session_config} or None)
 
     def describe(self, artifact: "Artifact") -> dict[str, Any]:
         info = artifact.manifest.model

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from ..artifact import Artifact, finalize, load_artifact, write_artifact
+from ..artifact import Artifact, Manifest, finalize, load_artifact, write_artifact
 from ..errors import ConfigError, EdgeoptError, StageError, ValidationError
 from ..outputs import check_output
 from .registry import StageConfig, stage
@@ -33,95 +33,140 @@ class QuantizeConfig(StageConfig):
     # nodes (by name in the graph being quantized) and op types kept in float
     exclude_nodes: list[str] = Field(default_factory=list)
     exclude_op_types: list[str] = Field(default_factory=list)
+    # mixed granularity (dynamic, per_channel false): these nodes per channel, the others per tensor
+    per_channel_nodes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _static_needs_calib(self):
         if self.ptq == "static" and not self.calib:
             raise ValueError("static quantization needs calibration data: give --calib DATA (recipes: calib: DATA)")
+        if self.per_channel_nodes and (self.ptq != "dynamic" or self.per_channel):
+            raise ValueError("per_channel_nodes mixes granularity in dynamic quantization with per_channel false "
+                             "(--ptq dynamic --per-tensor)")
         return self
 
 
 @stage("quantize")
 def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConfig) -> Artifact:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    from ..data import load_dataset
-    from ..metrics import sample_dataset
     from ..models.preprocess import Preprocessor
-    from ..targets import get_target
 
     cfg = config
     parent = model if isinstance(model, Artifact) else load_artifact(model)
     check_output(out, parent, cfg)
-    pm = parent.manifest
-    require_fp32_onnx(parent, "ONNX Runtime PTQ takes an onnx artifact")
-    target = get_target(cfg.target)
-    if target.runtime == "tensorrt" and cfg.ptq == "dynamic":
-        raise ConfigError(f"target '{target.name}' runs TensorRT, which has no dynamic quantization; use --ptq static with --calib DATA")
-    q = target.quantization
-    per_channel = q.per_channel if q.per_channel is not None else cfg.per_channel
-    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    target = check_quantizable(parent, cfg)
     pre = Preprocessor(parent)
+    with write_artifact(out, parent, cfg) as tmp:
+        manifest = build_quantized(parent, tmp, cfg, target, pre, stage="quantize", config=cfg.model_dump())
+        manifest = finalize(tmp, manifest)
+    return Artifact(Path(out).expanduser().resolve(), manifest)
+
+
+def build_quantized(parent: Artifact, tmp: Path, cfg: QuantizeConfig, target, pre, *, stage: str, config: dict,
+                    session_config: Optional[dict[str, str]] = None) -> Manifest:
+    """Quantize ``parent`` into the folder ``tmp`` (model.onnx, tokenizer) and measure it against the
+    parent; return the child manifest (not yet finalized). Shared by the quantize and tune stages."""
+    from ..metrics import sample_dataset
+
+    pm = parent.manifest
     src = parent.path / pm.model.file
     external = pm.model.external_data
-    fmt_record = {
+    dst = tmp / "model.onnx"
+    try:
+        prepped = tmp / "preprocessed.onnx"
+        _pre_process(src, prepped, external)
+        fmt_record = quantize_graph(prepped, dst, cfg, target, pre, external)
+        for f in tmp.glob("preprocessed.onnx*"):
+            f.unlink()
+    except EdgeoptError:  # our own errors (bad calibration data...) keep their meaning and exit code
+        raise
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StageError(f"ONNX Runtime quantization failed ({msg[:300]})") from e
+    for f in tmp.glob("*.onnx_augment*"):
+        f.unlink()
+    _copy_preprocessing(parent, tmp)
+    model = {**pm.model.model_dump(), "file": "model.onnx", "precision": "int8", "quantization": fmt_record,
+             "target": target.name}
+    if session_config:
+        model["session_config"] = dict(session_config)
+    manifest = pm.child(stage=stage, config=config, model=model)
+    child = Artifact(tmp, manifest)
+    manifest.metrics = _measure(parent, child, cfg, pre, sample_dataset)
+    manifest.metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))
+    manifest.metrics["parent_size_bytes"] = parent.manifest.metrics.get("size_bytes")
+    return manifest
+
+
+def quantize_graph(prepped: Path, dst: Path, cfg: QuantizeConfig, target, pre, external: bool = False) -> dict:
+    """Run ONNX Runtime's quantizer on a pre-processed fp32 graph as ``cfg`` says (dynamic, dynamic with
+    mixed granularity, or static QDQ) in ``target``'s int8 format; write ``dst``; return the record
+    of what was done (for the manifest)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    from ..data import load_dataset
+
+    q = target.quantization
+    per_channel = effective_per_channel(target, cfg.per_channel)
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    record = {
         "mode": cfg.ptq, "target": target.name, "per_channel": per_channel, "reduce_range": target.reduce_range(),
         "weight_type": q.weight_type, "weight_symmetric": q.weight_symmetric,
         "activation_type": "uint8 (dynamic)" if cfg.ptq == "dynamic" else q.activation_type,
         "activation_symmetric": q.activation_symmetric if cfg.ptq == "static" else False,
         "quantize_bias": q.quantize_bias if cfg.ptq == "static" else False,
     }
+    op_types = exclusions(prepped, cfg)
+    if cfg.exclude_nodes or cfg.exclude_op_types:
+        record.update(excluded_nodes=list(cfg.exclude_nodes), excluded_op_types=list(cfg.exclude_op_types))
+    exclude = list(cfg.exclude_nodes)
+    if cfg.ptq == "dynamic":
+        mixed = [n for n in cfg.per_channel_nodes if n not in exclude] if not per_channel else []
+        first = dst.with_name("per-tensor.onnx") if mixed else dst
+        quantize_dynamic(prepped, first, use_external_data_format=external, op_types_to_quantize=op_types,
+                         nodes_to_exclude=(exclude + mixed) or None, **dynamic_options(target, per_channel))
+        if mixed:  # second pass: the listed nodes, per channel, on the per-tensor graph
+            quantize_dynamic(first, dst, use_external_data_format=external, nodes_to_quantize=mixed,
+                             **dynamic_options(target, True))
+            for f in dst.parent.glob("per-tensor.onnx*"):
+                f.unlink()
+            record["per_channel_nodes"] = mixed
+        return record
     # Graphs holding fused contrib ops (Attention, SkipLayerNormalization...) have weights without
     # inferred types; without DefaultTensorType quantization stops at "Unable to find data type".
-    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    import onnx
 
-    with write_artifact(out, parent, cfg) as tmp:
-        dst = tmp / "model.onnx"
-        try:
-            prepped = tmp / "preprocessed.onnx"
-            _pre_process(src, prepped, external)
-            op_types = exclusions(prepped, cfg)
-            if cfg.exclude_nodes or cfg.exclude_op_types:
-                fmt_record.update(excluded_nodes=list(cfg.exclude_nodes), excluded_op_types=list(cfg.exclude_op_types))
-            if cfg.ptq == "dynamic":
-                quantize_dynamic(prepped, dst, use_external_data_format=external, op_types_to_quantize=op_types,
-                                 nodes_to_exclude=list(cfg.exclude_nodes) or None, **dynamic_options(target, per_channel))
-            else:
-                calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
-                fmt_record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
-                quantize_static(
-                    prepped, dst, _Reader(pre, calib.samples), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    op_types_to_quantize=op_types, nodes_to_exclude=list(cfg.exclude_nodes) or None,
-                    reduce_range=target.reduce_range(), activation_type=qtype[q.activation_type],
-                    weight_type=qtype[q.weight_type], use_external_data_format=external,
-                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                                      "percentile": CalibrationMethod.Percentile}[cfg.method],
-                    extra_options={**extra, "ActivationSymmetric": q.activation_symmetric,
-                                   "WeightSymmetric": q.weight_symmetric,
-                                   # TensorRT's parser rejects int32 bias DequantizeLinear nodes
-                                   "QuantizeBias": q.quantize_bias},
-                )
-            for f in tmp.glob("preprocessed.onnx*"):
-                f.unlink()
-        except EdgeoptError:  # our own errors (bad calibration data...) keep their meaning and exit code
-            raise
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise StageError(f"ONNX Runtime quantization failed ({msg[:300]})") from e
-        for f in tmp.glob("*.onnx_augment*"):
-            f.unlink()
-        _copy_preprocessing(parent, tmp)
+    calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
+    record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
+    quantize_static(
+        prepped, dst, _Reader(pre, calib.samples), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        op_types_to_quantize=op_types, nodes_to_exclude=exclude or None,
+        reduce_range=target.reduce_range(), activation_type=qtype[q.activation_type],
+        weight_type=qtype[q.weight_type], use_external_data_format=external,
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                          "percentile": CalibrationMethod.Percentile}[cfg.method],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "ActivationSymmetric": q.activation_symmetric,
+                       "WeightSymmetric": q.weight_symmetric,
+                       # TensorRT's parser rejects int32 bias DequantizeLinear nodes
+                       "QuantizeBias": q.quantize_bias},
+    )
+    return record
 
-        manifest = pm.child(stage="quantize", config=cfg.model_dump(),
-                            model={**pm.model.model_dump(), "file": "model.onnx", "precision": "int8", "quantization": fmt_record,
-                                   "target": target.name})
-        child = Artifact(tmp, manifest)
-        manifest.metrics = _measure(parent, child, cfg, pre, sample_dataset)
-        manifest.metrics["size_bytes"] = sum(f.stat().st_size for f in tmp.glob("model.onnx*"))
-        manifest.metrics["parent_size_bytes"] = parent.manifest.metrics.get("size_bytes")
-        manifest = finalize(tmp, manifest)
-    return Artifact(Path(out).expanduser().resolve(), manifest)
+
+def effective_per_channel(target, per_channel: bool) -> bool:
+    """The target's int8 format may fix the weight granularity (TensorRT: per channel)."""
+    q = target.quantization
+    return q.per_channel if q.per_channel is not None else per_channel
+
+
+def check_quantizable(parent: Artifact, cfg: QuantizeConfig):
+    """The target for quantizing ``parent`` as ``cfg`` says; ConfigError for what cannot be done."""
+    from ..targets import get_target
+
+    require_fp32_onnx(parent, "ONNX Runtime PTQ takes an onnx artifact")
+    target = get_target(cfg.target)
+    if target.runtime == "tensorrt" and cfg.ptq == "dynamic":
+        raise ConfigError(f"target '{target.name}' runs TensorRT, which has no dynamic quantization; use --ptq static with --calib DATA")
+    return target
 
 
 def require_fp32_onnx(art: Artifact, why: str) -> None:
@@ -149,26 +194,17 @@ def exclusions(graph_path: Path, cfg: QuantizeConfig) -> Optional[list[str]]:
     """Check ``exclude_nodes`` / ``exclude_op_types`` against the graph about to be quantized (after
     ONNX Runtime's pre-pass) and return the op types to quantize (None: ONNX Runtime's default set).
     An unknown name is a ConfigError naming it, with the closest names in the graph."""
-    import difflib
-
     import onnx
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
-    if not cfg.exclude_nodes and not cfg.exclude_op_types:
+    if not cfg.exclude_nodes and not cfg.exclude_op_types and not cfg.per_channel_nodes:
         return None
     graph = onnx.load(str(graph_path), load_external_data=False).graph
     quantizable = sorted(IntegerOpsRegistry if cfg.ptq == "dynamic" else QDQRegistry)
     present = {n.op_type for n in graph.node}
     names = {n.name for n in graph.node if n.name}
-    unknown = [n for n in cfg.exclude_nodes if n not in names]
-    if unknown:
-        candidates = sorted(n.name for n in graph.node if n.name and n.op_type in quantizable)
-        hints = []
-        for n in unknown[:3]:
-            close = difflib.get_close_matches(n, candidates, n=3, cutoff=0.5)
-            hints.append(f"'{n}'" + (f" (closest: {', '.join(close)})" if close else ""))
-        some = "" if any("closest" in h for h in hints) else f"; quantizable nodes are e.g. {', '.join(candidates[:3])}"
-        raise ConfigError(f"--exclude-nodes: no node named {'; '.join(hints)} in the graph being quantized{some}")
+    for option, listed in (("--exclude-nodes", cfg.exclude_nodes), ("per_channel_nodes", cfg.per_channel_nodes)):
+        _known_nodes(graph, listed, names, quantizable, option)
     bad = [t for t in cfg.exclude_op_types if t not in quantizable]
     if bad:
         raise ConfigError(f"--exclude-op-types {', '.join(bad)}: not an op type {cfg.ptq} quantization quantizes; "
@@ -176,6 +212,20 @@ def exclusions(graph_path: Path, cfg: QuantizeConfig) -> Optional[list[str]]:
     if not cfg.exclude_op_types:
         return None
     return [t for t in quantizable if t not in cfg.exclude_op_types]
+
+
+def _known_nodes(graph, listed: list[str], names: set[str], quantizable: list[str], option: str) -> None:
+    import difflib
+
+    unknown = [n for n in listed if n not in names]
+    if unknown:
+        candidates = sorted(n.name for n in graph.node if n.name and n.op_type in quantizable)
+        hints = []
+        for n in unknown[:3]:
+            close = difflib.get_close_matches(n, candidates, n=3, cutoff=0.5)
+            hints.append(f"'{n}'" + (f" (closest: {', '.join(close)})" if close else ""))
+        some = "" if any("closest" in h for h in hints) else f"; quantizable nodes are e.g. {', '.join(candidates[:3])}"
+        raise ConfigError(f"{option}: no node named {'; '.join(hints)} in the graph being quantized{some}")
 
 
 def _pre_process(src: Path, dst: Path, external: bool) -> None:

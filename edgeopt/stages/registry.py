@@ -79,6 +79,8 @@ STAGES: dict[str, StageSpec] = {s.kind: s for s in (
               "PyTorch to ONNX, graph-optimized, checked against PyTorch", requires=_TRAIN),
     StageSpec("quantize", "edgeopt.stages.quantize", "QuantizeConfig", "quantize",
               "ONNX Runtime int8 post-training quantization", requires={"train": ("onnx",)}),
+    StageSpec("tune", "edgeopt.tune.search", "TuneConfig", "tune",
+              "search int8 variants for the fastest within an accuracy budget (Pareto report)", requires={"train": ("onnx",)}),
     StageSpec("engine", "edgeopt.stages.engine", "EngineConfig", "engine",
               "TensorRT engine built on this GPU, checked against ONNX Runtime", requires={"engine": ("onnx",)}),
     StageSpec("bench", "edgeopt.bench.core", "BenchConfig", "bench",

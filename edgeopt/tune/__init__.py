@@ -1,0 +1,4 @@
+"""`edgeopt tune`: the fastest int8 variant within an accuracy budget (see :mod:`edgeopt.tune.search`)."""
+from .search import Trial, TuneConfig, TuneResult, Variant, tune
+
+__all__ = ["Trial", "TuneConfig", "TuneResult", "Variant", "tune"]
