@@ -900,6 +900,11 @@ def tune_cmd(
     cache_dir: Annotated[Optional[str], typer.Option(help="Where measured variants are cached (default ~/.cache/edgeopt; "
                                                            "a re-run resumes from it).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure every variant again and cache nothing.")] = False,
+    docker_host: Annotated[Optional[str], typer.Option(help="Time the variants on this device's Docker engine "
+                                                           "(ssh://USER@DEVICE), in the target's serving image.")] = None,
+    image: Annotated[Optional[str], typer.Option(help="With --docker-host: the image (or bundle) to time in; default: "
+                                                     "package the fp32 model for --target.")] = None,
+    base_image: Annotated[Optional[str], typer.Option(help="With --docker-host and no --image: the base image to package on.")] = None,
     as_json: JsonOpt = False,
 ):
     """Search int8 variants (dynamic/static, per-channel/per-tensor/mixed, float nodes by sensitivity, session
@@ -912,7 +917,8 @@ def tune_cmd(
                       target=_v(target), budget_minutes=budget_minutes, calib=calib,
                       batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
                       seq_len=seq_len if seq_len == "auto" else int(seq_len), threads=threads, eval_samples=eval_samples,
-                      max_float_nodes=max_float_nodes, static=static, cache_dir="" if no_cache else cache_dir)
+                      max_float_nodes=max_float_nodes, static=static, cache_dir="" if no_cache else cache_dir,
+                      docker_host=docker_host, image=image, base_image=base_image)
     res = tune(_model_path(model), output, cfg, on_progress=_status_printer(as_json))
     if as_json:
         return _emit(res.model_dump(mode="json"))

@@ -138,7 +138,8 @@ def quantize_graph(prepped: Path, dst: Path, cfg: QuantizeConfig, target, pre, e
     calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
     record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
     quantize_static(
-        prepped, dst, _Reader(pre, calib.samples), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        prepped, dst, _Reader(pre, calib.samples, _one_length(pre, calib.samples) if cfg.method != "minmax" else None),
+        quant_format=QuantFormat.QDQ, per_channel=per_channel,
         op_types_to_quantize=op_types, nodes_to_exclude=exclude or None,
         reduce_range=target.reduce_range(), activation_type=qtype[q.activation_type],
         weight_type=qtype[q.weight_type], use_external_data_format=external,
@@ -261,12 +262,14 @@ def pre_process_here(src: str, dst: str, external: bool) -> None:
 
 
 class _Reader:
-    """CalibrationDataReader over preprocessed samples, one at a time (real, unpadded lengths)."""
+    """CalibrationDataReader over preprocessed samples, one at a time: at their real, unpadded lengths,
+    or all padded to ``seq_len`` (ONNX Runtime's histogram calibrators stack every sample's tensors,
+    so entropy and percentile need one shape)."""
 
-    def __init__(self, pre, samples):
+    def __init__(self, pre, samples, seq_len: Optional[int] = None):
         from ..progress import progress
 
-        self.pre, self.samples, self.i = pre, samples, 0
+        self.pre, self.samples, self.i, self.seq_len = pre, samples, 0, seq_len
         self._bar = progress("calibrating", len(samples))
         self._advance = self._bar.__enter__()
 
@@ -274,13 +277,20 @@ class _Reader:
         if self.i >= len(self.samples):
             self._bar.__exit__(None, None, None)
             return None
-        feeds = self.pre(self.samples[self.i : self.i + 1])
+        feeds = self.pre(self.samples[self.i : self.i + 1], seq_len=self.seq_len)
         self.i += 1
         self._advance(1)
         return feeds
 
     def rewind(self):
         self.i = 0
+
+
+def _one_length(pre, samples) -> Optional[int]:
+    """The longest tokenized length of text samples (None for images: they have one shape already)."""
+    if pre.kind != "text":
+        return None
+    return int(pre(samples)["input_ids"].shape[1])
 
 
 def _copy_preprocessing(parent: Artifact, tmp: Path) -> None:

@@ -59,13 +59,19 @@ def write_report(result: "TuneResult", ref_quality: dict, folder: Path) -> Path:
     plot = _plot(result, folder / "pareto.png")
     m = result.machine
     c = result.chosen
+    where = ""
+    if m.get("docker_host"):
+        dev = m.get("device") or {}
+        where = (f"Latency measured on {m['docker_host']} ({dev.get('cpu', '?')}, {dev.get('cores', '?')} cores, "
+                 f"{dev.get('arch', '?')}) in the target's image; quality measured here.")
     lines = [
         "# edgeopt tune", "",
         f"Budget: {result.budget}. Chosen: **{c.label}**, {c.speedup:.2f}x fp32." if c else f"Budget: {result.budget}.", "",
         f"Machine: {m.get('cpu')} ({m.get('cores')} cores; {m.get('cpu_flags') or 'no int8 SIMD flags read'}), "
-        f"target {m.get('target')}, {m.get('threads') or 'default'} threads, onnxruntime {m.get('onnxruntime')}.",
+        f"target {m.get('target')}, {m.get('threads') or 'default'} threads, onnxruntime {m.get('onnxruntime')}. {where}",
         "Speed is the geometric mean over batch sizes of fp32 time / variant time, measured in the same "
-        "interleaved runs (each batch padded to its longest real input unless a fixed length was given).", "",
+        "interleaved runs (each batch padded to its longest real input unless a fixed length was given). "
+        "Each row's ms come from its own runs: on a shared machine compare the speed column, not ms across rows.", "",
     ]
     if result.stopped:
         lines += [f"The search stopped early: {result.stopped}.", ""]

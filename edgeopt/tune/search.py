@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Union
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..artifact import Artifact, canonical_json, load_artifact
-from ..errors import ConfigError, InputError, ValidationError
+from ..errors import ConfigError, InputError, StageError, ValidationError
 from ..stages.registry import StageConfig, stage
 
 log = logging.getLogger("edgeopt.tune")
@@ -52,6 +52,10 @@ class TuneConfig(StageConfig):
     max_float_nodes: int = Field(8, ge=0)
     static: bool = True  # try static Q/DQ variants too
     cache_dir: Optional[str] = None  # default $EDGEOPT_CACHE_DIR or ~/.cache/edgeopt; "" turns caching off
+    # time variants on a device: its Docker engine (ssh://USER@HOST), in the target's serving image
+    docker_host: Optional[str] = None
+    image: Optional[str] = None  # that image, or a bundle (default: package the fp32 model for the target)
+    base_image: Optional[str] = None  # the base image when tune packages it
 
     @field_validator("batch_sizes")
     @classmethod
@@ -255,6 +259,8 @@ class _Search:
         if classify and data.labels is not None:
             self.labels = self.data.label_indices(m.labels)
         self.max_drop, self.min_agree = cfg.max_accuracy_drop, cfg.min_agreement
+        if cfg.image and not cfg.docker_host:
+            raise ConfigError("--image is the image variants are timed in on a device: give --docker-host too")
         if self.max_drop is None and self.min_agree is None:  # defaults: 1 point with labels, else 0.98 agreement
             if self.labels is not None:
                 self.max_drop = 1.0
@@ -265,13 +271,16 @@ class _Search:
                        f"{'top-1 agreement' if classify else 'cosine min'} >= {self.min_agree:g}")
         self.threads = cfg.threads or self.target.threads
         self.machine = {**machine_info(), "cpu_flags": _cpu_flags(), "threads": self.threads, "target": self.target.name}
+        if cfg.docker_host:  # latency is measured there (machine["device"]); quality here
+            self.machine["docker_host"] = cfg.docker_host
         import onnxruntime
 
         context = {"parent": m.digest(), "data": _fingerprint(cfg.data), "eval_samples": cfg.eval_samples,
                    "calib": _fingerprint(cfg.calib) if cfg.calib else None, "calib_samples": cfg.calib_samples,
                    "target": self.target.model_dump(mode="json"), "threads": self.threads, "batch_sizes": cfg.batch_sizes,
                    "seq_len": cfg.seq_len, "rounds": cfg.rounds, "cpu": self.machine.get("cpu"),
-                   "flags": self.machine["cpu_flags"], "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+                   "flags": self.machine["cpu_flags"], "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+                   "docker_host": cfg.docker_host, "image": cfg.image}
         from .. import __version__
 
         context["edgeopt"] = __version__
@@ -301,6 +310,12 @@ class _Search:
         if self.labels is not None:
             self.ref_quality["accuracy"] = float((self.ref_out.argmax(-1) == self.labels).mean())
         self.workload = Workload.build(self.pre, self.data.samples, self.cfg.batch_sizes, self.cfg.seq_len)
+        self.device = None
+        if self.cfg.docker_host:
+            from .device import DeviceTimer
+
+            self.device = DeviceTimer(self.parent, self.target, self.cfg.docker_host, self.cfg.data, self.work, self.say,
+                                      image=self.cfg.image, base_image=self.cfg.base_image)
 
     def _measure(self, v: Variant) -> Trial:
         from ..metrics import predict
@@ -323,10 +338,18 @@ class _Search:
             rt = self._runtime(path, v.session_config)
             got = predict(rt, self.pre, self.data.samples, batch_size=8)[0]
             q = quality_of(self.parent.manifest.task, got, self.ref_out, self.labels)
-            lat = time_against(self.ref_rt, rt, self.workload, self.cfg.rounds)
+            if self.device is not None:  # on the device, in the target's image
+                from .device import variant_artifact
+
+                variant_artifact(self.parent, folder, v.session_config)
+                lat = self.device.time(self.parent.path, folder, self.cfg.batch_sizes, self.cfg.seq_len,
+                                       runs=max(10, 4 * self.cfg.rounds), threads=self.threads)
+                self.machine["device"] = self.device.machine
+            else:
+                lat = time_against(self.ref_rt, rt, self.workload, self.cfg.rounds)
             size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*"))
         except Exception as e:  # one variant ONNX Runtime cannot build or run does not end the search
-            if isinstance(e, (ConfigError, InputError)):
+            if isinstance(e, (ConfigError, InputError, StageError)):
                 raise
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             return Trial(variant=v, label=v.label(), error=msg, seconds=time.monotonic() - t0)
@@ -368,6 +391,8 @@ class _Search:
         return t
 
     def _out_of_time(self) -> bool:
+        if not any(t.variant.ptq != "fp32" and t.error is None for t in self.trials):
+            return False  # however small the budget, one int8 variant is measured
         spent = time.monotonic() - self.t0
         measured = [t.seconds for t in self.trials if not t.cached and t.variant.ptq != "fp32"]
         expect = sorted(measured)[len(measured) // 2] if measured else 0.0
