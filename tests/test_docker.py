@@ -229,6 +229,30 @@ def test_remote_bench_over_ssh(x86_bundle, ssh_host, tmp_path, text_jsonl):
     assert f"edgeopt bench on {ssh_host}" in proc.stdout and "cores" in proc.stdout
 
 
+
+def test_tune_times_variants_on_the_device(x86_bundle, ssh_host, cls_onnx, text_jsonl, tmp_path):
+    """edgeopt tune --docker-host: each variant's latency comes from bench in the target's image on the
+    device (here the engine behind ssh://root@127.0.0.1); quality is measured here."""
+    out = tmp_path / "tuned"
+    proc = cli("tune", cls_onnx.path, "-o", out, "--data", text_jsonl, "--min-agreement", "0.5", "--budget-minutes", "0.01",
+               "--batch-sizes", "1,2", "--eval-samples", "16", "--no-cache", "--docker-host", ssh_host,
+               "--image", x86_bundle["path"], "--target", "x86", "--json", timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    m = res["machine"]
+    assert m["docker_host"] == ssh_host and m["device"]["arch"] == "x86_64" and m["device"]["cpu"]
+    timed = [t for t in res["trials"] if t["variant"]["ptq"] != "fp32"]
+    assert len(timed) == 1 and res["stopped"]  # the budget allows the one int8 variant tune always measures
+    lat = timed[0]["latency"]
+    assert sorted(int(b) for b in lat) == [1, 2]
+    assert all(x["ms"] > 0 and x["ref_ms"] > 0 and abs(x["speedup"] - x["ref_ms"] / x["ms"]) < 1e-9 for x in lat.values())
+    assert (out / "manifest.json").is_file() and ssh_host in (out / "report" / "tune.md").read_text()
+    # an image built for another target is refused before any variant is timed
+    proc = cli("tune", cls_onnx.path, "-o", tmp_path / "t2", "--data", text_jsonl, "--no-cache", "--docker-host", ssh_host,
+               "--image", x86_bundle["path"], "--target", "rpi5", timeout=600)
+    msg = assert_clean_failure(proc, codes=(2,))
+    assert "x86" in msg and "rpi5" in msg and not (tmp_path / "t2").exists()
+
 def test_unreachable_docker_host_is_one_line(x86_bundle):
     proc = cli("deploy", x86_bundle["tag"], "--docker-host", "ssh://root@127.0.0.1:1", timeout=120)
     msg = assert_clean_failure(proc, codes=(1,))
