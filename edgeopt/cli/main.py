@@ -928,13 +928,13 @@ def tune_cmd(
     console.print(f"[green]tuned[/green] {_p(res.artifact)}: {escape(c.label)}, {c.speedup:.2f}x fp32 "
                   f"({res.budget}; {len(res.trials)} variants in {res.seconds / 60:.1f} min"
                   + (f"; stopped early: {escape(res.stopped)}" if res.stopped else "") + ")")
-    t = Table(title="Pareto front (speed vs quality)")
+    t = Table(title="Pareto front (speed vs quality) and the chosen variant")
     batches = sorted({int(b) for tr in res.trials for b in tr.latency})
     for col in ("variant", *[f"b{b} ms" for b in batches], "speed", res.metric, "budget"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     from ..tune.pareto import quality_value
 
-    for tr in sorted((x for x in res.trials if x.on_front), key=lambda x: -x.speedup):
+    for tr in sorted((x for x in res.trials if x.on_front or x is c), key=lambda x: -x.speedup):
         ms = [f"{tr.latency[b]['ms']:.2f}" if b in tr.latency else "-" for b in batches]
         q = quality_value(tr, res.metric)
         mark = "ref" if tr.variant.ptq == "fp32" else ("yes" if tr.meets_budget else "no")

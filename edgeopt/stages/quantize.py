@@ -2,6 +2,7 @@
 followed by an accuracy / fidelity check against the parent model."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -101,13 +102,12 @@ def quantize_graph(prepped: Path, dst: Path, cfg: QuantizeConfig, target, pre, e
     """Run ONNX Runtime's quantizer on a pre-processed fp32 graph as ``cfg`` says (dynamic, dynamic with
     mixed granularity, or static QDQ) in ``target``'s int8 format; write ``dst``; return the record
     of what was done (for the manifest)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import quantize_dynamic
 
     from ..data import load_dataset
 
     q = target.quantization
     per_channel = effective_per_channel(target, cfg.per_channel)
-    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     record = {
         "mode": cfg.ptq, "target": target.name, "per_channel": per_channel, "reduce_range": target.reduce_range(),
         "weight_type": q.weight_type, "weight_symmetric": q.weight_symmetric,
@@ -125,18 +125,45 @@ def quantize_graph(prepped: Path, dst: Path, cfg: QuantizeConfig, target, pre, e
         quantize_dynamic(prepped, first, use_external_data_format=external, op_types_to_quantize=op_types,
                          nodes_to_exclude=(exclude + mixed) or None, **dynamic_options(target, per_channel))
         if mixed:  # second pass: the listed nodes, per channel, on the per-tensor graph
-            quantize_dynamic(first, dst, use_external_data_format=external, nodes_to_quantize=mixed,
-                             **dynamic_options(target, True))
+            with _quiet_requantize_warning():
+                quantize_dynamic(first, dst, use_external_data_format=external, nodes_to_quantize=mixed,
+                                 **dynamic_options(target, True))
             for f in dst.parent.glob("per-tensor.onnx*"):
                 f.unlink()
             record["per_channel_nodes"] = mixed
         return record
-    # Graphs holding fused contrib ops (Attention, SkipLayerNormalization...) have weights without
-    # inferred types; without DefaultTensorType quantization stops at "Unable to find data type".
-    import onnx
-
     calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
     record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # ONNX Runtime's calibrators print progress: keep stdout for --json
+        _quantize_static(prepped, dst, cfg, target, pre, calib, per_channel, op_types, exclude, external)
+    return record
+
+
+@contextlib.contextmanager
+def _quiet_requantize_warning():
+    """ONNX Runtime warns on the root logger that a graph holding int8 ops may be a QAT model; the
+    second pass of mixed granularity quantizes such a graph on purpose."""
+    def drop(record: logging.LogRecord) -> bool:
+        return "already quantized" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def _quantize_static(prepped, dst, cfg, target, pre, calib, per_channel, op_types, exclude, external) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    q = target.quantization
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    # Graphs holding fused contrib ops (Attention, SkipLayerNormalization...) have weights without
+    # inferred types; without DefaultTensorType quantization stops at "Unable to find data type".
     quantize_static(
         prepped, dst, _Reader(pre, calib.samples, _one_length(pre, calib.samples) if cfg.method != "minmax" else None),
         quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -150,7 +177,6 @@ def quantize_graph(prepped: Path, dst: Path, cfg: QuantizeConfig, target, pre, e
                        # TensorRT's parser rejects int32 bias DequantizeLinear nodes
                        "QuantizeBias": q.quantize_bias},
     )
-    return record
 
 
 def effective_per_channel(target, per_channel: bool) -> bool:

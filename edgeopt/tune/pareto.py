@@ -43,7 +43,7 @@ def table(result: "TuneResult", ref_quality: dict) -> str:
             lat = t.latency.get(b) or t.latency.get(str(b))  # type: ignore[call-overload]
             ms.append("-" if lat is None else f"{lat['ms']:.2f}")
         q = quality_value(t, result.metric)
-        qual = f"{q:.2%}" if result.metric == "accuracy" else f"{q:.4f}"
+        qual = f"{q:.2%}" if result.metric == "accuracy" else f"{q:.6f}"
         mark = "ref" if t.variant.ptq == "fp32" else ("yes" if t.meets_budget else "no")
         size = f"{t.size_bytes / 1e6:.1f}" if t.size_bytes else "-"
         label = f"**{t.label}**" if t.variant.key() == chosen else t.label

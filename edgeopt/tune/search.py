@@ -29,6 +29,7 @@ from ..stages.registry import StageConfig, stage
 log = logging.getLogger("edgeopt.tune")
 
 FLOAT_NODE_STEPS = (1, 2, 4, 8, 16)
+PER_CHANNEL_OPS = {"MatMul", "Gemm", "Attention", "Conv"}  # ops whose weights take per-channel scales
 TIE = 0.03  # speeds this close are within the timing noise of a shared machine
 # ONNX Runtime session options worth trying on a CPU target (each on the best variant so far)
 RUNTIME_OPTIONS: tuple[dict[str, str], ...] = ({"session.dynamic_block_base": "4"},
@@ -63,6 +64,13 @@ class TuneConfig(StageConfig):
         if not v or any(b < 1 for b in v):
             raise ValueError("batch sizes must be positive integers, e.g. 1,8")
         return sorted(set(v))
+
+    @field_validator("seq_len")
+    @classmethod
+    def _seq(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("give 'auto' or a positive integer")
+        return v
 
     @field_validator("budget_minutes")
     @classmethod
@@ -141,6 +149,7 @@ class TuneResult(BaseModel):
     closest: Optional[Trial]  # without a winner: the variant nearest the budget
     trials: list[Trial]
     stopped: Optional[str] = None  # why the search stopped early (budget spent)
+    warnings: list[str] = Field(default_factory=list)
     seconds: float
     machine: dict
     report: Optional[str] = None
@@ -174,6 +183,14 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return ""
+
+
+def _digits(x: float, bound: Optional[float]) -> str:
+    """``x`` with 4 decimals, more where 4 would print it equal to the bound it is compared with."""
+    for d in range(4, 10):
+        if bound is None or round(x, d) != round(bound, d):
+            return f"{x:.{d}f}"
+    return f"{x:.10f}"
 
 
 class _Cache:
@@ -410,7 +427,7 @@ class _Search:
             return
         q = t.quality
         qual = (f"accuracy {q['accuracy']:.2%}" if self.metric == "accuracy" and "accuracy" in q else
-                f"agreement {q.get('agreement', 1.0):.4f}")
+                f"agreement {_digits(q.get('agreement', 1.0), self.min_agree)}")
         mark = "meets the budget" if t.meets_budget else ("reference" if t.variant.ptq == "fp32" else "over the budget")
         self.say(f"[{n}] {t.label}: {t.speedup:.2f}x fp32, {qual} — {mark}"
                  f" ({'cached' if t.cached else f'{t.seconds:.1f} s'})")
@@ -467,9 +484,11 @@ class _Search:
         missed = [pc for pc in grains if not self._met(Variant(per_channel=pc))]
         ranking = self._ranking() if missed and (self.cfg.max_float_nodes or False in missed) else []
         if False in missed and forced is None:  # mixed: per-tensor where it is safe, per-channel where it is not
+            kinds = {n.name: n.op_type for n in graph.node}
+            weighted = [n for n in ranking if kinds.get(n) in PER_CHANNEL_OPS]
             for k in FLOAT_NODE_STEPS:
-                if k < len(ranking):
-                    yield Variant(per_channel=False, per_channel_nodes=ranking[:k])
+                if k < len(weighted):
+                    yield Variant(per_channel=False, per_channel_nodes=weighted[:k])
         for k in FLOAT_NODE_STEPS:  # the most sensitive nodes in float
             if k > self.cfg.max_float_nodes or k >= len(ranking):
                 break
@@ -521,7 +540,7 @@ class _Search:
     def _quality_text(self, t: Trial) -> str:
         if self.metric == "accuracy" and t.accuracy_drop_points is not None:
             return f"{t.accuracy_drop_points:.2f} points below fp32"
-        return f"agreement {t.quality.get('agreement', 0):.4f}"
+        return f"agreement {_digits(t.quality.get('agreement', 0), self.min_agree)}"
 
     def _closest(self) -> Optional[Trial]:
         ok = [t for t in self.trials if t.error is None and t.variant.ptq != "fp32"]
@@ -544,9 +563,15 @@ class _Search:
                                        config={**self.cfg.model_dump(mode="json"), "chosen": qcfg.model_dump(mode="json")},
                                        session_config=chosen.variant.session_config)
             manifest.metrics["tune"] = record
+            warnings = []
+            if chosen.speedup < 1:
+                warnings.append(f"the chosen variant is {1 / chosen.speedup:.2f}x slower than fp32 on this machine: "
+                                "int8 does not pay for this model here; keep the fp32 model")
             result = TuneResult(artifact=str(Path(out).expanduser().resolve()), budget=self.budget, metric=self.metric,
-                                chosen=chosen, closest=None, trials=self.trials, stopped=self.stopped,
+                                chosen=chosen, closest=None, trials=self.trials, stopped=self.stopped, warnings=warnings,
                                 seconds=time.monotonic() - self.t0, machine=self.machine)
+            for w in warnings:
+                self.say(f"warning: {w}")
             report = write_report(result, self.ref_quality, tmp / "report")
             result.report = str(Path(result.artifact) / "report" / report.name)
             manifest = finalize(tmp, manifest)
