@@ -18,11 +18,11 @@ from _support import TEXT_ROWS, write_jsonl
 from edgeopt.artifact import load_artifact
 from edgeopt.errors import ConfigError, ValidationError
 from edgeopt.stages.quantize import QuantizeConfig, quantize
-from edgeopt.tune import Trial, TuneConfig, Variant, tune
-from edgeopt.tune.measure import geomean
-from edgeopt.tune.pareto import front, table
-from edgeopt.tune.search import PER_CHANNEL_OPS
-from edgeopt.tune.search import FLOAT_NODE_STEPS, TIE, TuneResult
+from edgeopt.tuning import Trial, TuneConfig, Variant, tune
+from edgeopt.tuning.measure import geomean
+from edgeopt.tuning.pareto import front, table
+from edgeopt.tuning.search import PER_CHANNEL_OPS
+from edgeopt.tuning.search import FLOAT_NODE_STEPS, TIE, TuneResult
 from test_cli import PNG_MAGIC, assert_clean_failure, cli
 
 # small and quick: a few samples, one timing round, two batch sizes, dynamic variants only
@@ -249,7 +249,7 @@ def test_a_tiny_time_budget_stops_the_search(cls_onnx, text_jsonl, tmp_path, san
 def test_the_time_budget_spent_midway_writes_the_best_so_far(loose, cls_onnx, text_jsonl, tmp_path, monkeypatch):
     """With a clock that moves one second each time the search reads it, a 12-second budget runs out
     after a few variants, whatever the machine."""
-    from edgeopt.tune import search
+    from edgeopt.tuning import search
 
     ticks = iter(range(10**6))
     monkeypatch.setattr(search, "time", types.SimpleNamespace(monotonic=lambda: float(next(ticks))))

@@ -909,7 +909,7 @@ def tune_cmd(
 ):
     """Search int8 variants (dynamic/static, per-channel/per-tensor/mixed, float nodes by sensitivity, session
     options) and write the fastest within the accuracy budget, with every variant and the Pareto front."""
-    from ..tune import TuneConfig, tune
+    from ..tuning import TuneConfig, tune
 
     if seq_len != "auto" and not seq_len.isdigit():
         raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
@@ -932,7 +932,7 @@ def tune_cmd(
     batches = sorted({int(b) for tr in res.trials for b in tr.latency})
     for col in ("variant", *[f"b{b} ms" for b in batches], "speed", res.metric, "budget"):
         t.add_column(col, justify="left" if col == "variant" else "right")
-    from ..tune.pareto import quality_value
+    from ..tuning.pareto import quality_value
 
     for tr in sorted((x for x in res.trials if x.on_front or x is c), key=lambda x: -x.speedup):
         ms = [f"{tr.latency[b]['ms']:.2f}" if b in tr.latency else "-" for b in batches]

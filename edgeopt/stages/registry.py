@@ -59,7 +59,14 @@ class StageSpec:
             require(extra, purpose=f"the {self.kind} stage", modules=modules)
 
     def run(self, parent, out, config):
-        return self.function(parent, out, config)
+        """The stage's artifact (a stage whose function returns a result describing it, like tune's,
+        gives the artifact it wrote)."""
+        res = self.function(parent, out, config)
+        if isinstance(getattr(res, "artifact", None), str):
+            from ..artifact import load_artifact
+
+            return load_artifact(res.artifact)
+        return res
 
 
 _TRAIN = {"train": None}
@@ -79,7 +86,7 @@ STAGES: dict[str, StageSpec] = {s.kind: s for s in (
               "PyTorch to ONNX, graph-optimized, checked against PyTorch", requires=_TRAIN),
     StageSpec("quantize", "edgeopt.stages.quantize", "QuantizeConfig", "quantize",
               "ONNX Runtime int8 post-training quantization", requires={"train": ("onnx",)}),
-    StageSpec("tune", "edgeopt.tune.search", "TuneConfig", "tune",
+    StageSpec("tune", "edgeopt.tuning.search", "TuneConfig", "tune",
               "search int8 variants for the fastest within an accuracy budget (Pareto report)", requires={"train": ("onnx",)}),
     StageSpec("engine", "edgeopt.stages.engine", "EngineConfig", "engine",
               "TensorRT engine built on this GPU, checked against ONNX Runtime", requires={"engine": ("onnx",)}),
