@@ -44,6 +44,7 @@ contender's embedding to edgeopt fp32's, every text alone at its real length (no
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import platform
@@ -471,6 +472,45 @@ def markdown(rows: list, *, cpu: str, cmd: str, args, versions: dict, opt_versio
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list, extra: list, path: Path, title: str) -> None:
+    """Speed against fidelity: every contender of this run (x: geometric mean over batch 1 and 8 of
+    edgeopt fp32's p50 / the contender's), and each tuned artifact's whole search as tune measured it
+    (x: tune's own speed vs fp32; y: its agreement, the cosine min for embeddings), its Pareto front joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeopt.artifact import load_artifact
+
+    fp32 = next(r for r in rows if r["contender"] == "edgeopt fp32")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, folder in extra:
+        tune = load_artifact(folder).manifest.metrics.get("tune")
+        if not tune:
+            continue
+        ok = [t for t in tune["trials"] if not t.get("error")]
+        xs = [t["speedup"] for t in ok]
+        ys = [1.0 if t["variant"]["ptq"] == "fp32" else t["quality"].get("agreement", 0) for t in ok]
+        ax.scatter(xs, ys, s=18, c="tab:gray", alpha=0.6, label=f"{name}: every variant tune tried (its own timing)")
+        front = sorted(((x, y) for t, x, y in zip(ok, xs, ys) if t.get("on_front")))
+        if front:
+            ax.plot(*zip(*front), color="tab:gray", lw=1)
+    for r in rows:
+        speed = math.sqrt((fp32["p50_b1"] / r["p50_b1"]) * (fp32["p50_b8"] / r["p50_b8"]))
+        color = "tab:red" if r["contender"].startswith("optimum") else "tab:blue"
+        ax.scatter([speed], [r["cos_min"]], s=60, c=color, zorder=3)
+        ax.annotate(r["contender"], (speed, r["cos_min"]), fontsize=8, xytext=(5, -10), textcoords="offset points")
+    ax.set_xlabel("speed vs edgeopt fp32 (x; geometric mean of batch 1 and 8, seq 128)")
+    ax.set_ylabel("cosine min to fp32")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main_versions() -> dict:
     import importlib.metadata as md
 
@@ -512,6 +552,8 @@ def main() -> int:
                     help="open edgeopt artifacts with the ORT session config their manifest records (edgeopt tune); "
                          "default: the same session options for every contender")
     ap.add_argument("--md", type=Path, default=None, help="also write the Markdown report here")
+    ap.add_argument("--plot", type=Path, default=None, help="write the speed-vs-fidelity plot (PNG) here: this run's "
+                    "contenders and each tuned artifact's whole search")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.warmup = min(args.runs, 8), min(args.warmup, 2)
@@ -601,6 +643,9 @@ def main() -> int:
                   notes=notes, recipes=recipes, n_texts=len(texts), n_fid=len(fid_texts), load=load, elapsed=elapsed,
                   started=started)
     print_report(md, args.md)
+    if args.plot:
+        plot(rows, extra, args.plot, f"all-MiniLM-L6-v2 embeddings: edgeopt (blue) and Optimum (red); {cpu[:60]}")
+        print(f"plot: {args.plot}")
     return 0
 
 
