@@ -201,26 +201,39 @@ def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str
                  on_status: Callable[[str], None] = lambda s: None):
     """Run `edgeopt bench /opt/model --json ARGS` in the image on the device's engine; the report,
     its machine labelled with the device (CPU, cores, board, L4T release)."""
-    from ..bench.core import BenchReport
-
     payload = None
     if data:  # a bad file or the wrong kind of data fails here, before anything is shipped
         payload, name = _data_archive(data, _image_task(ref))
     sh = _ship_to(ref, docker_host, on_status)
-    remote, tag, labels, target = sh.remote, sh.tag, sh.labels, sh.labels.get("io.edgeopt.target")
-    cmd = ["bench", "/opt/model", "--json", *args]
+    tag, labels, target = sh.tag, sh.labels, sh.labels.get("io.edgeopt.target")
+    cmd = ["/opt/model", *args]
     if payload is not None:
         cmd += ["--data", f"/tmp/edgeopt-data/{name}"]
+    on_status(f"benchmarking {tag} on {docker_host}")
+    report = bench_in_container(sh, cmd, [payload] if payload is not None else [], docker_host, timeout_s)
+    report.machine.update({"docker_host": docker_host, "image": tag, "target": target})
+    title = labels.get("org.opencontainers.image.title")
+    for row in report.rows:  # the image holds the model as /opt/model: name it as packaged
+        row.artifact, row.path = title or row.artifact, f"{tag}:{row.path}"
+    return report
+
+
+def bench_in_container(sh: _Shipped, args: list[str], archives: list[bytes], docker_host: str, timeout_s: float = 1800):
+    """`edgeopt bench ARGS --json` in a fresh container of the shipped image, with ``archives`` (tars)
+    unpacked into its /tmp and the host's /etc and /sys/firmware mounted read-only (the board and L4T
+    release in the report); the container is removed. The report, or a StageError saying why not."""
     import docker
+
+    from ..bench.core import BenchReport
 
     mounts = [docker.types.Mount("/host/etc", "/etc", type="bind", read_only=True),
               docker.types.Mount("/host/sys/firmware", "/sys/firmware", type="bind", read_only=True)]
-    c = remote.containers.create(tag, entrypoint=["/opt/edgeopt/bin/edgeopt"], command=cmd, mounts=mounts,
-                                 environment={"EDGEOPT_HOST_ROOT": "/host", "EDGEOPT_QUIET": "1"}, **sh.run_kwargs)
+    c = sh.remote.containers.create(sh.tag, entrypoint=["/opt/edgeopt/bin/edgeopt"], command=["bench", *args, "--json"],
+                                    mounts=mounts, environment={"EDGEOPT_HOST_ROOT": "/host", "EDGEOPT_QUIET": "1"},
+                                    **sh.run_kwargs)
     try:
-        if payload is not None:
-            c.put_archive("/tmp", payload)
-        on_status(f"benchmarking {tag} on {docker_host}")
+        for tar in archives:
+            c.put_archive("/tmp", tar)
         c.start()
         try:
             rc = c.wait(timeout=timeout_s).get("StatusCode", 1)
@@ -230,7 +243,7 @@ def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str
         err = c.logs(stdout=False, stderr=True).decode("utf-8", "replace").strip().splitlines()
         if rc != 0:
             last = next((ln for ln in reversed(err) if ln.strip()), "no output")
-            raise StageError(f"the benchmark in {tag} on {docker_host} failed (exit {rc}): {last[:300]}")
+            raise StageError(f"the benchmark in {sh.tag} on {docker_host} failed (exit {rc}): {last[:300]}")
     finally:
         try:
             c.remove(force=True)
@@ -241,12 +254,7 @@ def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str
     except ValueError as e:
         raise StageError(f"the benchmark on {docker_host} printed no JSON report") from e
     doc.pop("written", None)
-    report = BenchReport.model_validate(doc)
-    report.machine.update({"docker_host": docker_host, "image": tag, "target": target})
-    title = labels.get("org.opencontainers.image.title")
-    for row in report.rows:  # the image holds the model as /opt/model: name it as packaged
-        row.artifact, row.path = title or row.artifact, f"{tag}:{row.path}"
-    return report
+    return BenchReport.model_validate(doc)
 
 
 def _image_task(ref: str) -> Optional[str]:

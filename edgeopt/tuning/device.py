@@ -4,13 +4,11 @@ are copied into a container of the target's serving image on the device's Docker
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..artifact import Artifact
-from ..errors import StageError
 
 
 class DeviceTimer:
@@ -36,32 +34,13 @@ class DeviceTimer:
 
     def time(self, ref: Path, variant: Path, batch_sizes: list[int], seq_len, runs: int, threads: Optional[int]) -> dict:
         """Per batch size: ms of the variant, ms of fp32, their ratio, as bench measures them on the device."""
-        from ..bench.core import BenchReport
+        from ..package.deploy import bench_in_container
 
-        cmd = ["bench", "/tmp/edgeopt-tune/ref", "/tmp/edgeopt-tune/variant", "--json",
-               "--batch-sizes", ",".join(map(str, batch_sizes)), "--seq-len", str(seq_len), "--runs", str(runs),
-               "--warmup", "2", "--data", f"/tmp/edgeopt-data/{self.data_name}", *(["--threads", str(threads)] if threads else [])]
-        sh = self.ship
-        c = sh.remote.containers.create(sh.tag, entrypoint=["/opt/edgeopt/bin/edgeopt"], command=cmd,
-                                        environment={"EDGEOPT_QUIET": "1"}, **sh.run_kwargs)
-        try:
-            c.put_archive("/tmp", self.data_tar)
-            c.put_archive("/tmp", _folders_tar({"edgeopt-tune/ref": ref, "edgeopt-tune/variant": variant}))
-            c.start()
-            rc = c.wait(timeout=1800).get("StatusCode", 1)
-            out = c.logs(stdout=True, stderr=False).decode("utf-8", "replace")
-            if rc != 0:
-                err = c.logs(stdout=False, stderr=True).decode("utf-8", "replace").strip().splitlines()
-                raise StageError(f"timing on {self.docker_host} failed (exit {rc}): {(err or ['no output'])[-1][:300]}")
-        finally:
-            try:
-                c.remove(force=True)
-            except Exception:
-                pass
-        try:
-            rep = BenchReport.model_validate(json.loads(out[out.index("{"):]))
-        except ValueError as e:
-            raise StageError(f"the benchmark on {self.docker_host} printed no JSON report") from e
+        args = ["/tmp/edgeopt-tune/ref", "/tmp/edgeopt-tune/variant", "--batch-sizes", ",".join(map(str, batch_sizes)),
+                "--seq-len", str(seq_len), "--runs", str(runs), "--warmup", "2",
+                "--data", f"/tmp/edgeopt-data/{self.data_name}", *(["--threads", str(threads)] if threads else [])]
+        variants = _folders_tar({"edgeopt-tune/ref": ref, "edgeopt-tune/variant": variant})
+        rep = bench_in_container(self.ship, args, [self.data_tar, variants], self.docker_host)
         self.machine = rep.machine
         rows = {(r.path.rstrip("/").rsplit("/", 1)[-1], r.batch_size): r for r in rep.rows}
         res = {}

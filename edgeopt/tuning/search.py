@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -164,14 +165,10 @@ def _cache_root(cfg: TuneConfig) -> Optional[Path]:
 
 def _fingerprint(spec: str) -> str:
     """A dataset reference's content, for the cache key (a file by its bytes; a spec as written)."""
+    from ..artifact import sha256_file
+
     p = Path(spec).expanduser()
-    if p.is_file():
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
-    return spec
+    return sha256_file(p) if p.is_file() else spec
 
 
 def _cpu_flags() -> str:
@@ -371,8 +368,6 @@ class _Search:
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             return Trial(variant=v, label=v.label(), error=msg, seconds=time.monotonic() - t0)
         finally:
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)
         trial = Trial(variant=v, label=v.label(), latency=lat, speedup=geomean(x["speedup"] for x in lat.values()),
                       quality=q, size_bytes=size, seconds=time.monotonic() - t0)
