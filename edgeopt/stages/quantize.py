@@ -134,8 +134,6 @@ def quantize_graph(prepped: Path, dst: Path, cfg: QuantizeConfig, target, pre, e
         return record
     calib = load_dataset(cfg.calib, kind=pre.kind).take(cfg.calib_samples)
     record.update(method=cfg.method, calib=calib.source, calib_samples=len(calib))
-    import sys
-
     with contextlib.redirect_stdout(sys.stderr):  # ONNX Runtime's calibrators print progress: keep stdout for --json
         _quantize_static(prepped, dst, cfg, target, pre, calib, per_channel, op_types, exclude, external)
     return record
