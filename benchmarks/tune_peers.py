@@ -32,8 +32,11 @@ builds its own.
 Inputs are the texts of examples/product-classifier/data/test.jsonl. Speed: batch 1 and batch 8, every text padded
 to 128 tokens; edgeopt artifacts get their feeds from edgeopt's Preprocessor, Optimum's models from the model
 folder's tokenizer.json (``tokenizers``), and the two are checked to give the same ids. Runs are interleaved:
-each round runs every contender once (the order rotated every round), --runs rounds per batch size after
---warmup rounds, so a burst of other work on the shared machine hits all contenders alike; p50 is the median over
+each round gives every contender a turn (the order rotated every round), --runs rounds per batch size after
+--warmup rounds, so a burst of other work on the shared machine hits all contenders alike. A turn is --settle
+untimed runs, then --block timed runs back to back (the turn's median): timed right after another session's run,
+a model measured up to 3x slower on a 2-core machine (cold caches, the other session's ONNX Runtime workers still
+spinning), which says nothing about the model (``--block 1 --settle 0`` measures that way). p50 is the median over
 rounds, the speed ratio is Optimum int8's p50 / the contender's (above 1: faster). Fidelity: cosine of each
 contender's embedding to edgeopt fp32's, every text alone at its real length (no padding), min and mean.
 
@@ -338,6 +341,8 @@ def describe_edgeopt(m) -> str:
         parts.append(f"{q.get('mode')}, {'per-channel' if q.get('per_channel') else 'per-tensor'}, target {q.get('target')}")
     elif m.model.optimization:
         parts.append(str(m.model.optimization.get("level", "")))
+    if q.get("rewrites"):
+        parts.append("graph " + ",".join(q["rewrites"]))
     if m.model.session_config:
         parts.append("session " + ",".join(f"{k}={v}" for k, v in m.model.session_config.items()))
     return ": ".join([parts[0], ", ".join(p for p in parts[1:] if p)]) if len(parts) > 1 else parts[0]
@@ -388,19 +393,29 @@ def rotate(seq: list, k: int) -> list:
     return seq[k:] + seq[:k]
 
 
-def time_interleaved(contenders: list, feeds: dict, runs: int, warmup: int) -> dict:
-    """{batch: {name: [ms per round]}}: every round runs each contender once, the order rotated each round."""
+def time_interleaved(contenders: list, feeds: dict, runs: int, warmup: int, block: int = 1, settle: int = 0) -> dict:
+    """{batch: {name: [ms per round]}}: every round runs each contender in turn, the order rotated each round.
+
+    A contender's turn is ``settle`` untimed runs, then ``block`` timed runs back to back (its round's figure is
+    their median). With block 1 and settle 0 every timed run comes straight after another session's run: cold
+    caches, and the previous session's ONNX Runtime workers still spinning on the same cores, which is not how a
+    deployed model runs; ``--block`` / ``--settle`` measure each contender warm, as a served model under load runs."""
     out = {}
     for b, per in feeds.items():
         samples = {c.name: [] for c in contenders}
         for r in range(warmup + runs):
             for c in rotate(contenders, r):
-                f = per[c.name][r % len(per[c.name])]
-                t0 = time.perf_counter()
-                c.session.run(None, f)
-                dt = (time.perf_counter() - t0) * 1000
+                fs = per[c.name]
+                for j in range(settle):
+                    c.session.run(None, fs[(r + j) % len(fs)])
+                ts = []
+                for j in range(block):
+                    f = fs[(r * block + j) % len(fs)]
+                    t0 = time.perf_counter()
+                    c.session.run(None, f)
+                    ts.append((time.perf_counter() - t0) * 1000)
                 if r >= warmup:
-                    samples[c.name].append(dt)
+                    samples[c.name].append(statistics.median(ts))
         out[b] = samples
     return out
 
@@ -454,7 +469,8 @@ def markdown(rows: list, *, cpu: str, cmd: str, args, versions: dict, opt_versio
         "",
         (f"Batch 1 and 8, every text padded to {SEQ_LEN} tokens, {args.threads} intra-op threads (inter-op 1, "
         f"ORT_ENABLE_ALL; the same session options for all), {args.runs} interleaved rounds after {args.warmup} "
-        f"warm-up rounds (p50 = median over rounds), inputs from the {n_texts} texts of "
+        f"warm-up rounds (p50 = median over rounds; each contender's turn: {args.settle} untimed then {args.block} "
+        f"timed runs back to back, the turn's median), inputs from the {n_texts} texts of "
         f"examples/product-classifier/data/test.jsonl. Speed ratio: Optimum int8's p50 / the contender's "
         f"(above 1 = faster). Cosine: to edgeopt fp32's embedding, over {n_fid} texts each alone at its real "
         f"length. Size: the ONNX file (MB = 10^6 bytes). Optimum's quantize preset for this CPU: --{qflag}."),
@@ -540,6 +556,10 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench-tune", help="cache of every build")
     ap.add_argument("--runs", type=int, default=60, help="interleaved rounds per batch size")
     ap.add_argument("--warmup", type=int, default=5, help="rounds run first and discarded")
+    ap.add_argument("--block", type=int, default=5, help="timed runs per contender per round, back to back (the "
+                    "round's figure is their median); see --settle")
+    ap.add_argument("--settle", type=int, default=2, help="untimed runs before each contender's timed block: with "
+                    "--block, a contender is timed warm instead of right after another session")
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads of every contender")
     ap.add_argument("--quick", action="store_true", help="a fast check: 8 rounds, 2 warm-up, fidelity on 40 texts")
     ap.add_argument("--edgeopt", action="append", default=[], metavar="NAME=ARTIFACT_DIR",
@@ -614,7 +634,7 @@ def main() -> int:
     notes += problems
     print("tokenization: " + ("; ".join(problems) if problems else "edgeopt's Preprocessor and the HF tokenizer give the same ids and masks"))
     feeds = {b: {c.name: [c.feeds(g, tok, SEQ_LEN) for g in groups] for c in contenders} for b, groups in batches.items()}
-    timings = time_interleaved(contenders, feeds, args.runs, args.warmup)
+    timings = time_interleaved(contenders, feeds, args.runs, args.warmup, args.block, args.settle)
     t_speed = time.perf_counter()
     elapsed = {"build": t_built - t_start, "fidelity": t_fid - t_built, "speed": t_speed - t_fid, "total": t_speed - t_start}
 

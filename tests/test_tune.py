@@ -118,6 +118,8 @@ def test_writes_the_fastest_variant_within_the_budget(loose, cls_onnx):
     assert not [x for x in labels if MIXED.search(x) or FLOAT_NODES.search(x) or x.startswith("static")]
     assert any("float MatMul" in x for x in labels)  # op types kept in float
     assert any("dynamic_block_base=4" in x for x in labels) and any("allow_spinning=0" in x for x in labels)
+    # the fused residual+LayerNorm split back (the classifier's export has SkipLayerNormalization)
+    assert any("SkipLayerNorm unfused" in x for x in labels)
 
     ref = res.trials[0]
     ref_acc = ref.quality["accuracy"]
@@ -141,6 +143,7 @@ def test_writes_the_fastest_variant_within_the_budget(loose, cls_onnx):
     assert q["per_channel"] == chosen.variant.per_channel
     assert q.get("excluded_op_types", []) == chosen.variant.exclude_op_types
     assert m.model.session_config == chosen.variant.session_config
+    assert q.get("rewrites", {}).keys() == set(chosen.variant.rewrites)
 
     # the report, inside the artifact
     md = (loose.out / "report" / "tune.md").read_text()
@@ -524,3 +527,71 @@ def test_report_table_fastest_first_failures_last():
     assert [r.split(" | ")[0] for r in rows] == ["| quick", "| **steady**", "| broken"]
     assert "1.00" in rows[0] and "2.00x" in rows[0] and rows[1].split(" | ")[1] == "-"
     assert "failed: cannot build" in rows[2]
+
+
+def _hidden_size(model) -> int:
+    """The length of the first SkipLayerNormalization's gamma (an initializer, or one dequantized)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    made = {o: n for n in model.graph.node for o in n.output}
+    gamma = next(n for n in model.graph.node if n.op_type == "SkipLayerNormalization").input[2]
+    t = inits.get(gamma) or inits[made[gamma].input[0]]
+    return int(np.prod(t.dims))
+
+
+def _op_count(model, op: str) -> int:
+    return sum(n.op_type == op for n in model.graph.node)
+
+
+def test_unfused_skip_layernorm_is_the_same_model_and_stays_unfused(cls_onnx, text_jsonl, tmp_path):
+    """The rewrite tune tries: SkipLayerNormalization back to Add + LayerNormalization, on the int8
+    graph; same outputs, and the session setting it records keeps ONNX Runtime from fusing it again."""
+    import onnxruntime as ort
+
+    from edgeopt.data import load_dataset
+    from edgeopt.models.preprocess import Preprocessor
+    from edgeopt.tuning.rewrites import applicable, apply_rewrites, session_config_for
+
+    q = quantize(cls_onnx, tmp_path / "int8", QuantizeConfig(ptq="dynamic"))
+    # a random-initialised model has zero biases and unit LayerNorm scales (and its export shares one
+    # tensor among them): give every SkipLayerNormalization its own random gamma, beta and bias
+    model, rng = onnx.load(str(q.path / "model.onnx")), np.random.default_rng(0)
+    sln = [n for n in model.graph.node if n.op_type == "SkipLayerNormalization"]
+    hidden = _hidden_size(model)
+    for k, n in enumerate(sln):
+        names = [f"test_gamma_{k}", f"test_beta_{k}", f"test_bias_{k}"]
+        for name, centre in zip(names, (1.0, 0.0, 0.0)):
+            model.graph.initializer.append(numpy_helper.from_array(rng.normal(centre, 0.5, hidden).astype(np.float32), name))
+        del n.input[2:]
+        n.input.extend(names)
+    fused = tmp_path / "fused.onnx"
+    onnx.save(model, str(fused))
+    n_sln = len(sln)
+    assert n_sln > 0 and applicable(fused) == ["unfuse-skip-layernorm"]
+    split = tmp_path / "split.onnx"
+    shutil.copy(fused, split)
+    assert apply_rewrites(split, ["unfuse-skip-layernorm"]) == {"unfuse-skip-layernorm": n_sln}
+    g = onnx.load(str(split))
+    onnx.checker.check_model(g)
+    assert _op_count(g, "SkipLayerNormalization") == 0 and _op_count(g, "LayerNormalization") == n_sln
+    assert applicable(split) == []  # nothing left to rewrite
+
+    cfg = session_config_for(["unfuse-skip-layernorm"])
+    assert cfg == {"optimization.disable_specified_optimizers": "SkipLayerNormFusion"}
+
+    def session(path, config, optimized=None):
+        so = ort.SessionOptions()
+        for k, v in config.items():
+            so.add_session_config_entry(k, v)
+        if optimized:
+            so.optimized_model_filepath = str(optimized)
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    kept, refused = tmp_path / "kept.onnx", tmp_path / "refused.onnx"
+    a, b = session(fused, {}), session(split, cfg, kept)
+    session(split, {}, refused)
+    assert _op_count(onnx.load(str(kept)), "SkipLayerNormalization") == 0  # the setting keeps it split
+    assert _op_count(onnx.load(str(refused)), "SkipLayerNormalization") == n_sln  # without it ORT fuses again
+    pre = Preprocessor(q)
+    feeds = pre(load_dataset(str(text_jsonl), kind=pre.kind).samples[:8])
+    feeds = {i.name: feeds[i.name] for i in a.get_inputs()}
+    np.testing.assert_allclose(b.run(None, feeds)[0], a.run(None, feeds)[0], atol=1e-4)

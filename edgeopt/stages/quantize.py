@@ -63,7 +63,7 @@ def quantize(model: Artifact | str | Path, out: str | Path, config: QuantizeConf
 
 
 def build_quantized(parent: Artifact, tmp: Path, cfg: QuantizeConfig, target, pre, *, stage: str, config: dict,
-                    session_config: Optional[dict[str, str]] = None) -> Manifest:
+                    session_config: Optional[dict[str, str]] = None, rewrites: Optional[list[str]] = None) -> Manifest:
     """Quantize ``parent`` into the folder ``tmp`` (model.onnx, tokenizer) and measure it against the
     parent; return the child manifest (not yet finalized). Shared by the quantize and tune stages."""
     from ..metrics import sample_dataset
@@ -76,6 +76,10 @@ def build_quantized(parent: Artifact, tmp: Path, cfg: QuantizeConfig, target, pr
         prepped = tmp / "preprocessed.onnx"
         _pre_process(src, prepped, external)
         fmt_record = quantize_graph(prepped, dst, cfg, target, pre, external)
+        if rewrites:  # tune's graph rewrites (edgeopt.tuning.rewrites), with session_config to keep them
+            from ..tuning.rewrites import apply_rewrites
+
+            fmt_record["rewrites"] = apply_rewrites(dst, rewrites)
         for f in tmp.glob("preprocessed.onnx*"):
             f.unlink()
     except EdgeoptError:  # our own errors (bad calibration data...) keep their meaning and exit code

@@ -38,7 +38,11 @@ def _length(feeds: dict[str, np.ndarray]) -> Optional[int]:
 
 def time_against(ref, rt, work: Workload, rounds: int) -> dict:
     """Per batch size: median ms per batch of ``rt`` and of ``ref`` and the median of their ratio,
-    the two alternating round by round (which one goes first alternates too)."""
+    the two alternating round by round (which one goes first alternates too).
+
+    Each turn starts with one untimed run: the first run after the other session's is slow for reasons
+    that are not the model's (cold caches, the other session's ONNX Runtime workers still spinning on
+    the same cores) and measured up to 3x slower than a warm run on a 2-core machine."""
     for r in (ref, rt):  # warm-up: first runs allocate and pre-pack
         for fl in work.feeds.values():
             r.run(fl[0])
@@ -48,6 +52,7 @@ def time_against(ref, rt, work: Workload, rounds: int) -> dict:
         for i in range(rounds):
             for which in ((0, 1) if i % 2 == 0 else (1, 0)):
                 runtime = (ref, rt)[which]
+                runtime.run(fl[i % len(fl)])  # settle: see above
                 t0 = time.perf_counter()
                 for f in fl:
                     runtime.run(f)

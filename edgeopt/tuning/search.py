@@ -97,7 +97,8 @@ class Variant(BaseModel):
     method: Optional[Literal["minmax", "entropy", "percentile"]] = None
     exclude_op_types: list[str] = Field(default_factory=list)
     exclude_nodes: list[str] = Field(default_factory=list)
-    session_config: dict[str, str] = Field(default_factory=dict)
+    rewrites: list[str] = Field(default_factory=list)  # graph rewrites after quantization (tuning/rewrites.py)
+    session_config: dict[str, str] = Field(default_factory=dict)  # includes what the rewrites need
 
     def key(self) -> str:
         return hashlib.sha256(canonical_json(self.model_dump()).encode()).hexdigest()[:16]
@@ -114,7 +115,11 @@ class Variant(BaseModel):
             parts.append("float " + "+".join(self.exclude_op_types))
         if self.exclude_nodes:
             parts.append(f"{len(self.exclude_nodes)} float node{'s' * (len(self.exclude_nodes) > 1)}")
-        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.session_config.items()]
+        from .rewrites import REWRITES, session_config_for
+
+        parts += [REWRITES[r].label for r in self.rewrites]
+        implied = session_config_for(self.rewrites)
+        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.session_config.items() if implied.get(k) != v]
         return ", ".join(parts)
 
     def quantize_config(self, cfg: TuneConfig, target: str):
@@ -335,6 +340,7 @@ class _Search:
         from ..metrics import predict
         from ..stages.quantize import quantize_graph
         from .measure import geomean, quality_of, time_against
+        from .rewrites import apply_rewrites
 
         t0 = time.monotonic()
         folder = self.work / v.key()
@@ -349,7 +355,11 @@ class _Search:
             else:
                 quantize_graph(self.prepped, path, v.quantize_config(self.cfg, self.target.name), self.target, self.pre,
                                self.parent.manifest.model.external_data)
-            rt = self._runtime(path, v.session_config)
+                apply_rewrites(path, v.rewrites)
+            try:
+                rt = self._runtime(path, v.session_config)
+            except (InputError, StageError) as e:  # this variant's graph: a failed trial, not the user's input
+                raise RuntimeError(str(e)) from e
             got = predict(rt, self.pre, self.data.samples, batch_size=8)[0]
             q = quality_of(self.parent.manifest.task, got, self.ref_out, self.labels)
             if self.device is not None:  # on the device, in the target's image
@@ -464,6 +474,7 @@ class _Search:
         from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
         from ..stages.quantize import effective_per_channel
+        from .rewrites import applicable, session_config_for
 
         yield Variant(ptq="fp32")
         forced = self.target.quantization.per_channel
@@ -489,6 +500,12 @@ class _Search:
                 break
             for pc in missed:
                 yield Variant(per_channel=pc, exclude_nodes=ranking[:k])
+        rewrites = applicable(self.prepped)
+        if rewrites and self._best() is not None:  # graph rewrites, on the best variant so far
+            best = self._best().variant
+            for name in rewrites:
+                yield best.model_copy(update={"rewrites": [*best.rewrites, name], "session_config":
+                                              {**best.session_config, **session_config_for([*best.rewrites, name])}})
         if self._best() is not None:  # session options, on the best variant so far
             best = self._best()
             for opts in RUNTIME_OPTIONS:
@@ -556,7 +573,7 @@ class _Search:
         with write_artifact(out, self.parent, self.cfg) as tmp:
             manifest = build_quantized(self.parent, tmp, qcfg, self.target, self.pre, stage="tune",
                                        config={**self.cfg.model_dump(mode="json"), "chosen": qcfg.model_dump(mode="json")},
-                                       session_config=chosen.variant.session_config)
+                                       session_config=chosen.variant.session_config, rewrites=chosen.variant.rewrites)
             manifest.metrics["tune"] = record
             warnings = []
             if chosen.speedup < 1:
