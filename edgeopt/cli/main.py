@@ -897,6 +897,8 @@ def tune_cmd(
     eval_samples: Annotated[Optional[int], typer.Option(help="Samples for accuracy and fidelity (default 512).")] = None,
     max_float_nodes: Annotated[Optional[int], typer.Option(help="Most nodes kept in float by the sensitivity ranking (default 8).")] = None,
     static: Annotated[bool, typer.Option("--static/--no-static", help="Try static Q/DQ variants (calibrated).")] = True,
+    openvino: Annotated[bool, typer.Option("--openvino/--no-openvino", help="Also try OpenVINO on the fp32 graph (f32, and "
+                                                                           "bf16 where the CPU has it), where installed.")] = True,
     cache_dir: Annotated[Optional[str], typer.Option(help="Where measured variants are cached (default ~/.cache/edgeopt; "
                                                            "a re-run resumes from it).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Measure every variant again and cache nothing.")] = False,
@@ -907,8 +909,9 @@ def tune_cmd(
     base_image: Annotated[Optional[str], typer.Option(help="With --docker-host and no --image: the base image to package on.")] = None,
     as_json: JsonOpt = False,
 ):
-    """Search int8 variants (dynamic/static, per-channel/per-tensor/mixed, float nodes by sensitivity, session
-    options) and write the fastest within the accuracy budget, with every variant and the Pareto front."""
+    """Search int8 variants (dynamic/static, per-channel/per-tensor/mixed, float nodes by sensitivity, graph
+    rewrites, session options; OpenVINO where installed) and write the fastest within the accuracy budget,
+    with every variant and the Pareto front."""
     from ..tuning import TuneConfig, tune
 
     if seq_len != "auto" and not seq_len.isdigit():
@@ -917,7 +920,7 @@ def tune_cmd(
                       target=_v(target), budget_minutes=budget_minutes, calib=calib,
                       batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
                       seq_len=seq_len if seq_len == "auto" else int(seq_len), threads=threads, eval_samples=eval_samples,
-                      max_float_nodes=max_float_nodes, static=static, cache_dir="" if no_cache else cache_dir,
+                      max_float_nodes=max_float_nodes, static=static, openvino=openvino, cache_dir="" if no_cache else cache_dir,
                       docker_host=docker_host, image=image, base_image=base_image)
     res = tune(_model_path(model), output, cfg, on_progress=_status_printer(as_json))
     if as_json:

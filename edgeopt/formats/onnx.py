@@ -25,6 +25,10 @@ class OnnxModel(ModelInfo):
     quantization: Optional[dict[str, Any]] = None  # int8: mode, target, types, per-channel ...
     # ONNX Runtime session options it was tuned with (edgeopt tune); over the target's own
     session_config: dict[str, str] = {}
+    # what runs the file: ONNX Runtime, or OpenVINO (edgeopt tune, where it measured faster) with its
+    # CPU properties (e.g. INFERENCE_PRECISION_HINT: bf16)
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    openvino_config: dict[str, str] = {}
 
 
 class OnnxHandler(FormatHandler):
@@ -36,10 +40,22 @@ class OnnxHandler(FormatHandler):
         main = artifact.path / info.file
         return [main, *([main.with_name(main.name + ".data")] if info.external_data else [])]
 
+    def check_runtime_installed(self, artifact: "Artifact") -> None:
+        if artifact.manifest.model.runtime == "openvino":
+            from .._optional import require
+
+            require("openvino", purpose=f"running {artifact.path} (tuned for OpenVINO)")
+
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):
         from ..runtime.onnxruntime import OrtRuntime
 
         info = artifact.manifest.model
+        if info.runtime == "openvino":
+            self.check_runtime_installed(artifact)
+            from ..runtime.openvino import OpenVinoRuntime
+
+            return OpenVinoRuntime(artifact.path / info.file, threads=threads, config=info.openvino_config,
+                                   output_names=[t.name for t in artifact.manifest.io.outputs])
         return OrtRuntime(artifact.path / info.file, threads=threads, providers=providers,
                           output_names=[t.name for t in artifact.manifest.io.outputs],
                           session_config={**(session_config or {}), **info.session_config} or None)
@@ -49,6 +65,8 @@ class OnnxHandler(FormatHandler):
         out: dict[str, Any] = {"file": info.file + (" (+ external data)" if info.external_data else ""),
                                "opset": info.opset, "exporter": info.exporter,
                                "optimization": info.optimization.get("level")}
+        if info.runtime != "onnxruntime":
+            out["runtime"] = info.runtime + "".join(f", {k}={v}" for k, v in info.openvino_config.items())
         if info.quantization:
             q = info.quantization
             out["quantization"] = (f"{q.get('mode')} for {q.get('target')}: weights {q.get('weight_type')}"

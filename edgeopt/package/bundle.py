@@ -83,15 +83,25 @@ def check_servable(art: Artifact, spec: TargetSpec) -> dict:
                           + f": run `edgeopt export {art.path} -o OUT --target {spec.name}` first and package OUT")
     else:
         model_file = art.path / m.model.file
-    problems = unsupported_ops(spec, model_file)
+    runtime = getattr(m.model, "runtime", "onnxruntime")
+    if runtime == "openvino":  # edgeopt tune chose OpenVINO on the CPU it was measured on
+        from ..targets import get_target
+
+        tuned = get_target(m.model.target) if m.model.target else None
+        if spec.runtime != "onnxruntime" or (tuned is not None and tuned.arch != spec.arch):
+            raise TargetError(f"{art.path} was tuned to run under OpenVINO on {m.model.target or 'a CPU'}; target "
+                              f"'{spec.name}' runs {spec.runtime} on {spec.arch}: tune the fp32 model for it "
+                              f"(edgeopt tune FP32 --target {spec.name} ...) and package that")
+    problems = unsupported_ops(spec, model_file) if runtime == "onnxruntime" else []
     if problems:
         raise TargetError(f"{art.path} cannot run on target '{spec.name}': " + "; ".join(problems))
     q = getattr(m.model, "quantization", None) or {}
     if q and spec.runtime == "tensorrt" and not q.get("activation_symmetric", False):
         raise TargetError(f"{art.path} was quantized for '{q.get('target')}' with asymmetric int8, which TensorRT rejects "
                           f"(non-zero zero points); quantize the fp32 ONNX again with --target {spec.name}")
-    return {"ops": "checked" if problems is not None else "skipped (the onnx package is not installed)",
-            "format": m.format, "precision": m.model.precision}
+    return {"ops": ("checked" if runtime == "onnxruntime" else f"not checked ({runtime} runs it)") if problems is not None
+            else "skipped (the onnx package is not installed)", "format": m.format, "precision": m.model.precision,
+            **({"runtime": runtime} if runtime != "onnxruntime" else {})}
 
 
 def package(artifact: Artifact | str | Path, out: str | Path, config: PackageConfig,
@@ -118,8 +128,11 @@ def package(artifact: Artifact | str | Path, out: str | Path, config: PackageCon
         wheels = tmp / "wheels"
         wheels.mkdir()
         wheelhouse.build_edgeopt_wheel(wheels)
-        reqs = wheelhouse.runtime_requirements(spec, ("serve", "engine") if spec.runtime == "tensorrt" else ("serve",))
-        on_status(f"downloading wheels for {spec.platform}, Python {spec.python}: {', '.join(spec.packages)} + edgeopt[serve]")
+        extras = ("serve", "engine") if spec.runtime == "tensorrt" else ("serve",)
+        if getattr(art.manifest.model, "runtime", "onnxruntime") == "openvino":
+            extras += ("openvino",)
+        reqs = wheelhouse.runtime_requirements(spec, extras)
+        on_status(f"downloading wheels for {spec.platform}, Python {spec.python}: {', '.join(spec.packages)} + edgeopt[{','.join(extras)}]")
         wheelhouse.download(spec, reqs, wheels, find_links=extra)
         left_out = wheelhouse.trim(wheels, pre.kind if pre is not None else None)
         labels = render.labels(spec, model_sha256(art), art.manifest.digest(), art.manifest.task, art.name)

@@ -53,6 +53,7 @@ class TuneConfig(StageConfig):
     rounds: int = Field(5, ge=1)  # interleaved timing rounds per variant
     max_float_nodes: int = Field(8, ge=0)
     static: bool = True  # try static Q/DQ variants too
+    openvino: bool = True  # try OpenVINO on the fp32 graph too (where installed and the target is this CPU)
     cache_dir: Optional[str] = None  # default $EDGEOPT_CACHE_DIR or ~/.cache/edgeopt; "" turns caching off
     # time variants on a device: its Docker engine (ssh://USER@HOST), in the target's serving image
     docker_host: Optional[str] = None
@@ -91,7 +92,7 @@ class TuneConfig(StageConfig):
 class Variant(BaseModel):
     """One point of the search: how it is quantized and the session options it runs with."""
 
-    ptq: Literal["fp32", "dynamic", "static"] = "dynamic"
+    ptq: Literal["fp32", "dynamic", "static", "float"] = "dynamic"  # fp32: the reference; float: not quantized
     per_channel: bool = True
     per_channel_nodes: list[str] = Field(default_factory=list)
     method: Optional[Literal["minmax", "entropy", "percentile"]] = None
@@ -99,6 +100,8 @@ class Variant(BaseModel):
     exclude_nodes: list[str] = Field(default_factory=list)
     rewrites: list[str] = Field(default_factory=list)  # graph rewrites after quantization (tuning/rewrites.py)
     session_config: dict[str, str] = Field(default_factory=dict)  # includes what the rewrites need
+    runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"
+    openvino_config: dict[str, str] = Field(default_factory=dict)  # OpenVINO CPU properties
 
     def key(self) -> str:
         return hashlib.sha256(canonical_json(self.model_dump()).encode()).hexdigest()[:16]
@@ -106,6 +109,9 @@ class Variant(BaseModel):
     def label(self) -> str:
         if self.ptq == "fp32":
             return "fp32 (reference)"
+        if self.runtime == "openvino":
+            hint = self.openvino_config.get("INFERENCE_PRECISION_HINT", "f32")
+            return f"OpenVINO {hint}" + (" (fp32 graph)" if self.ptq == "float" else f", {self.ptq}")
         parts = [self.ptq + (f" {self.method}" if self.method else "")]
         if self.per_channel_nodes:
             parts.append(f"per-tensor, {len(self.per_channel_nodes)} per-channel")
@@ -352,12 +358,20 @@ class _Search:
                 q = quality_of(self.parent.manifest.task, got, self.ref_out, self.labels)
                 return Trial(variant=v, label=v.label(), quality=q, seconds=time.monotonic() - t0,
                              size_bytes=sum(f.stat().st_size for f in self.parent.path.glob(self.parent.manifest.model.file + "*")))
+            elif v.ptq == "float":  # the fp32 graph as it is, under another runtime
+                path = self.parent.path / self.parent.manifest.model.file
             else:
                 quantize_graph(self.prepped, path, v.quantize_config(self.cfg, self.target.name), self.target, self.pre,
                                self.parent.manifest.model.external_data)
                 apply_rewrites(path, v.rewrites)
             try:
-                rt = self._runtime(path, v.session_config)
+                if v.runtime == "openvino":
+                    from ..runtime.openvino import OpenVinoRuntime
+
+                    rt = OpenVinoRuntime(path, threads=self.threads, config=v.openvino_config,
+                                         output_names=[t.name for t in self.parent.manifest.io.outputs])
+                else:
+                    rt = self._runtime(path, v.session_config)
             except (InputError, StageError) as e:  # this variant's graph: a failed trial, not the user's input
                 raise RuntimeError(str(e)) from e
             got = predict(rt, self.pre, self.data.samples, batch_size=8)[0]
@@ -439,12 +453,14 @@ class _Search:
 
     # -- the search -----------------------------------------------------------------------------
 
-    def _best(self, *, within: bool = True) -> Optional[Trial]:
-        """The fastest variant (within the budget); variants within TIE of it count as equally fast
-        (timing noise), and of those the most accurate wins."""
+    def _best(self, *, within: bool = True, runtime: Optional[str] = None) -> Optional[Trial]:
+        """The fastest variant (within the budget; of ``runtime``'s); variants within TIE of it count as
+        equally fast (timing noise), and of those the most accurate wins."""
         from .pareto import quality_value
 
-        ok = [t for t in self.trials if t.error is None and t.variant.ptq != "fp32" and (t.meets_budget or not within)]
+        ok = [t for t in self.trials if t.error is None and t.variant.ptq != "fp32" and (t.meets_budget or not within)
+              and runtime in (None, t.variant.runtime)
+              and not (t.variant.ptq == "float" and t.speedup <= 1)]  # the fp32 graph, slower: keep the fp32 model
         if not ok:
             return None
         top = max(t.speedup for t in ok)
@@ -481,6 +497,7 @@ class _Search:
         grains = [forced] if forced is not None else [False, True]  # per-tensor is the faster format
         for pc in grains:
             yield Variant(per_channel=pc)
+        yield from self._openvino_variants()
         graph = onnx.load(str(self.prepped), load_external_data=False).graph
         present = sorted({n.op_type for n in graph.node if n.op_type in IntegerOpsRegistry})
         if len(present) > 1:  # an op type whose int8 kernel is slower (or less accurate) than float
@@ -500,14 +517,15 @@ class _Search:
                 break
             for pc in missed:
                 yield Variant(per_channel=pc, exclude_nodes=ranking[:k])
+        ort_best = lambda: self._best(runtime="onnxruntime")  # noqa: E731  (rewrites and options are ORT's)
         rewrites = applicable(self.prepped)
-        if rewrites and self._best() is not None:  # graph rewrites, on the best variant so far
-            best = self._best().variant
+        if rewrites and ort_best() is not None:  # graph rewrites, on the best variant so far
+            best = ort_best().variant
             for name in rewrites:
                 yield best.model_copy(update={"rewrites": [*best.rewrites, name], "session_config":
                                               {**best.session_config, **session_config_for([*best.rewrites, name])}})
-        if self._best() is not None:  # session options, on the best variant so far
-            best = self._best()
+        if ort_best() is not None:  # session options, on the best variant so far
+            best = ort_best()
             for opts in RUNTIME_OPTIONS:
                 if all(self.target.session_config.get(k) == v for k, v in opts.items()):
                     continue
@@ -515,6 +533,26 @@ class _Search:
         if self.cfg.static and any(n.op_type in QDQRegistry for n in graph.node):
             for method in ("minmax", "entropy", "percentile"):
                 yield Variant(ptq="static", per_channel=effective_per_channel(self.target, True), method=method)
+
+    def _openvino_variants(self) -> list[Variant]:
+        """The fp32 graph under OpenVINO, in float32 and, where the CPU runs it natively, bfloat16: a CPU
+        runtime other than ONNX Runtime, tried where the artifact will run on this kind of CPU."""
+        import platform
+
+        from .._optional import installed
+
+        host = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
+        if not self.cfg.openvino or self.cfg.docker_host or self.target.arch != host:
+            return []
+        if not installed("openvino"):
+            self.say("OpenVINO is not installed, so only ONNX Runtime variants are tried "
+                     "(pip install 'edgeopt[openvino]' to try it too)")
+            return []
+        from ..runtime.openvino import PRECISION_HINT, bf16_capable
+
+        hints = ["f32", "bf16"] if bf16_capable() else ["f32"]
+        return [Variant(ptq="float", per_channel=False, runtime="openvino", openvino_config={PRECISION_HINT: h})
+                for h in hints]
 
     def _met(self, v: Variant) -> bool:
         key = v.key()
@@ -545,9 +583,31 @@ class _Search:
         if chosen is None:
             closest = self._closest()
             what = (f"; the closest is {closest.label} ({self._quality_text(closest)})" if closest else "")
+            slow = [t.label for t in self.trials if t.meets_budget and t.variant.ptq == "float"]
+            if slow:  # the fp32 graph under another runtime, slower than under ONNX Runtime
+                what += f"; {', '.join(slow)} met it but ran slower than fp32 under ONNX Runtime"
             raise ValidationError(f"no int8 variant met the budget ({self.budget}) in {len(self.trials)} tried{what}; "
                                   "nothing was written — loosen the budget or give more --budget-minutes")
         return self._write(out, chosen)
+
+    def _build_float(self, tmp: Path, v: Variant):
+        """The fp32 graph unchanged, with the runtime that ran it fastest, re-measured against the
+        parent as every stage's output is."""
+        from ..metrics import sample_dataset
+        from ..stages.quantize import QuantizeConfig, _copy_preprocessing, _measure
+
+        pm = self.parent.manifest
+        for f in self.parent.path.glob(pm.model.file + "*"):  # model.onnx (+ model.onnx.data)
+            shutil.copy2(f, tmp / f.name)
+        _copy_preprocessing(self.parent, tmp)
+        hint = v.openvino_config.get("INFERENCE_PRECISION_HINT", "f32")
+        model = {**pm.model.model_dump(), "runtime": v.runtime, "openvino_config": dict(v.openvino_config),
+                 "precision": "bf16" if hint == "bf16" else pm.model.precision, "target": self.target.name}
+        manifest = pm.child(stage="tune", config={**self.cfg.model_dump(mode="json"), "chosen": v.model_dump(mode="json")},
+                            model=model)
+        check = QuantizeConfig(eval_data=self.cfg.data, eval_samples=self.cfg.eval_samples)
+        manifest.metrics = _measure(self.parent, Artifact(tmp, manifest), check, self.pre, sample_dataset)
+        return manifest
 
     def _quality_text(self, t: Trial) -> str:
         if self.metric == "accuracy" and t.accuracy_drop_points is not None:
@@ -555,7 +615,7 @@ class _Search:
         return f"agreement {_digits(t.quality.get('agreement', 0), self.min_agree)}"
 
     def _closest(self) -> Optional[Trial]:
-        ok = [t for t in self.trials if t.error is None and t.variant.ptq != "fp32"]
+        ok = [t for t in self.trials if t.error is None and t.variant.ptq not in ("fp32", "float")]
         if self.metric == "accuracy":
             return min(ok, key=lambda t: (t.accuracy_drop_points or 0, -t.speedup), default=None)
         return max(ok, key=lambda t: (t.quality.get("agreement", 0), t.speedup), default=None)
@@ -566,14 +626,17 @@ class _Search:
         from .pareto import write_report
 
         self.say(f"writing {chosen.label} ({chosen.speedup:.2f}x fp32) to {out}")
-        qcfg = chosen.variant.quantize_config(self.cfg, self.target.name)
         record = {"config": self.cfg.model_dump(mode="json"), "budget": self.budget, "metric": self.metric,
                   "machine": self.machine, "stopped": self.stopped, "chosen": chosen.variant.key(),
                   "trials": [t.model_dump(mode="json") for t in self.trials]}
         with write_artifact(out, self.parent, self.cfg) as tmp:
-            manifest = build_quantized(self.parent, tmp, qcfg, self.target, self.pre, stage="tune",
-                                       config={**self.cfg.model_dump(mode="json"), "chosen": qcfg.model_dump(mode="json")},
-                                       session_config=chosen.variant.session_config, rewrites=chosen.variant.rewrites)
+            if chosen.variant.ptq == "float":
+                manifest = self._build_float(tmp, chosen.variant)
+            else:
+                qcfg = chosen.variant.quantize_config(self.cfg, self.target.name)
+                manifest = build_quantized(self.parent, tmp, qcfg, self.target, self.pre, stage="tune",
+                                           config={**self.cfg.model_dump(mode="json"), "chosen": qcfg.model_dump(mode="json")},
+                                           session_config=chosen.variant.session_config, rewrites=chosen.variant.rewrites)
             manifest.metrics["tune"] = record
             warnings = []
             if chosen.speedup < 1:
