@@ -361,6 +361,8 @@ def describe_edgeopt(m) -> str:
         parts.append(str(m.model.optimization.get("level", "")))
     if q.get("rewrites"):
         parts.append("graph " + ",".join(q["rewrites"]))
+    if m.model.runtime != "onnxruntime":
+        parts.append(f"{m.model.runtime} " + ",".join(f"{k}={v}" for k, v in m.model.openvino_config.items()))
     if m.model.session_config:
         parts.append("session " + ",".join(f"{k}={v}" for k, v in m.model.session_config.items()))
     return ": ".join([parts[0], ", ".join(p for p in parts[1:] if p)]) if len(parts) > 1 else parts[0]
@@ -373,6 +375,8 @@ def open_sessions(contenders: list, threads: int, artifact_session_config: bool)
         if c.runtime == "openvino":  # its runtime is what the artifact is (OpenVINO has no ORT session options)
             c.session = OpenVinoSession(c.path, threads, c.openvino_config)
             c.input_names = c.input_names or [i.name for i in c.session.get_inputs()]
+            if c.kind == "optimum":
+                c.size_bytes = onnx_size(c.path)
             continue
         cfg = c.session_config if artifact_session_config else None
         c.session = open_session(c.path, threads, None, cfg)
@@ -536,7 +540,7 @@ def plot(rows: list, extra: list, path: Path, title: str) -> None:
             ax.plot(*zip(*front), color="tab:gray", lw=1)
     for r in rows:
         speed = math.sqrt((fp32["p50_b1"] / r["p50_b1"]) * (fp32["p50_b8"] / r["p50_b8"]))
-        color = "tab:red" if r["contender"].startswith("optimum") else "tab:blue"
+        color = "tab:red" if (r["contender"].startswith("optimum") or "Optimum" in r["contender"]) else "tab:blue"
         ax.scatter([speed], [r["cos_min"]], s=60, c=color, zorder=3)
         ax.annotate(r["contender"], (speed, r["cos_min"]), fontsize=8, xytext=(5, -10), textcoords="offset points")
     ax.set_xlabel("speed vs edgeopt fp32 (x; geometric mean of batch 1 and 8, seq 128)")

@@ -85,3 +85,24 @@ def digits_io():
     img = ImagePreprocessing(**DIGITS_IMAGE)
     return IOSpec(inputs=[TensorSpec(name="pixel_values", dtype="float32", shape=["batch", img.channels, *img.size])],
                   outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", 10])], preprocessing=img)
+
+
+def write_openvino_artifact(parent, data: Path, out: Path, cache: Path, **config):
+    """An artifact as `edgeopt tune` writes it when OpenVINO wins: tune's own search measures the fp32
+    reference and the OpenVINO variants, then writes the first (f32) one (whether OpenVINO beats ONNX
+    Runtime at all depends on the CPU and the model, so this does not wait for it to win)."""
+    import tempfile
+
+    from edgeopt.artifact import load_artifact
+    from edgeopt.tuning import TuneConfig
+    from edgeopt.tuning.search import Variant, _Search
+
+    cfg = TuneConfig(data=str(data), min_agreement=0.99, cache_dir=str(cache), **config)
+    said: list[str] = []
+    with tempfile.TemporaryDirectory() as td:
+        search = _Search(load_artifact(parent.path), cfg, Path(td), said.append)
+        search._setup()
+        for v in [Variant(ptq="fp32"), *search._openvino_variants()]:
+            search._try(v)
+        res = search._write(out, search.trials[1])
+    return res, cfg, said

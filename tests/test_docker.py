@@ -152,6 +152,40 @@ def test_x86_image_serves_like_in_process(client, x86_bundle, cls_onnx):
         c.remove(force=True)
 
 
+def test_x86_image_of_an_openvino_artifact(client, emb_onnx, text_jsonl, tmp_path):
+    """An artifact tune wrote for OpenVINO: the image gets OpenVINO and serves what the host computes."""
+    pytest.importorskip("openvino")
+    from _support import write_openvino_artifact
+
+    art = tmp_path / "ov"
+    write_openvino_artifact(emb_onnx, text_jsonl, art, tmp_path / "cache", rounds=1, batch_sizes=[1], static=False,
+                            eval_samples=16)
+    base = _base(client, AMD64_BASES, "amd64")
+    tag = f"edgeopt-test/ov:x86-{os.getpid()}"
+    proc = cli("package", art, "--target", "x86", "-o", tmp_path / "b", "--base-image", base, "--build", "--tag", tag,
+               "--json", timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    b = json.loads(proc.stdout)
+    assert b["checks"]["runtime"] == "openvino" and any(p.lower().startswith("openvino") for p in b["packages"])
+    port = _free_port()
+    c = client.containers.run(tag, detach=True, ports={"8000/tcp": ("127.0.0.1", port)})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, c, 180)
+        body = {"inputs": BODY["inputs"]}
+        status, raw = _get(url + "/v1/predict", body)
+        assert status == 200, raw
+        got = np.asarray(json.loads(raw)["embeddings"], dtype=np.float32)
+        want = np.asarray(_in_process(art, body)["embeddings"], dtype=np.float32)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    finally:
+        c.remove(force=True)
+        try:
+            client.images.remove(tag, force=True)
+        except Exception:
+            pass
+
+
 def _ssh_ok() -> bool:
     try:
         return subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "root@127.0.0.1", "docker", "version"],

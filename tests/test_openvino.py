@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from _support import TEXT_ROWS
+from _support import TEXT_ROWS, write_openvino_artifact
 from edgeopt.artifact import load_artifact
 from edgeopt.data import load_dataset
 from edgeopt.errors import TargetError
@@ -84,23 +84,11 @@ def test_a_file_openvino_cannot_read_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def ov_tuned(tmp_path_factory, emb_onnx, text_jsonl):
-    """tune's search measuring the fp32 reference and the OpenVINO variants, then writing the first
-    OpenVINO one (which variant wins, and whether OpenVINO beats ONNX Runtime's fp32 at all on a tiny
-    model, depends on the CPU: the choice is tested below, the writing here)."""
-    from pathlib import Path
-    import tempfile
-
-    from edgeopt.tuning.search import Variant, _Search
-
+    """tune's search measuring the fp32 reference and the OpenVINO variants, then writing the OpenVINO f32
+    one (whether OpenVINO beats ONNX Runtime's fp32 on a tiny model depends on the CPU: the choice is
+    tested below, the writing here)."""
     root = tmp_path_factory.mktemp("ov-tune")
-    cfg = TuneConfig(data=str(text_jsonl), min_agreement=0.99, cache_dir=str(root / "cache"), **QUICK)
-    said: list[str] = []
-    with tempfile.TemporaryDirectory() as td:
-        search = _Search(load_artifact(emb_onnx.path), cfg, Path(td), said.append)
-        search._setup()
-        for v in [Variant(ptq="fp32"), *search._openvino_variants()]:
-            search._try(v)
-        res = search._write(root / "out", search.trials[1])
+    res, cfg, said = write_openvino_artifact(emb_onnx, text_jsonl, root / "out", root / "cache", **QUICK)
     return res, root, cfg, said
 
 
