@@ -26,8 +26,9 @@ class Rewrite:
     session_config: dict[str, str]
 
 
-def _opset(model, domain: str = "") -> int:
-    return next((o.version for o in model.opset_import if o.domain in (domain, "ai.onnx" if domain == "" else domain)), 0)
+def _opset(model) -> int:
+    """The graph's default-domain (ai.onnx) opset."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _skip_layernorms(model) -> list[int]:

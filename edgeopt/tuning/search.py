@@ -2,8 +2,9 @@
 accuracy (or fidelity) budget.
 
 Each variant is a quantize configuration (dynamic or static Q/DQ, per-channel, per-tensor or mixed
-weight scales, op types and nodes kept in float, calibration method) plus ONNX Runtime session
-options. Every variant is built in a private temporary folder, measured on the data's real inputs
+weight scales, op types and nodes kept in float, calibration method) plus graph rewrites
+(``rewrites.py``) and ONNX Runtime session options; or, where OpenVINO is installed, the unchanged
+fp32 graph under OpenVINO (f32, and bf16 where the CPU has it). Every variant is built in a private temporary folder, measured on the data's real inputs
 at the target's threads against the fp32 parent in the same interleaved runs, and its result
 cached (a re-run resumes where it stopped). The variants that nothing beats on both speed and
 quality form the Pareto front; the fastest variant within the budget is rebuilt by the quantize
@@ -300,11 +301,14 @@ class _Search:
             self.machine["docker_host"] = cfg.docker_host
         import onnxruntime
 
+        from ..runtime.openvino import version as openvino_version
+
         context = {"parent": m.digest(), "data": _fingerprint(cfg.data), "eval_samples": cfg.eval_samples,
                    "calib": _fingerprint(cfg.calib) if cfg.calib else None, "calib_samples": cfg.calib_samples,
                    "target": self.target.model_dump(mode="json"), "threads": self.threads, "batch_sizes": cfg.batch_sizes,
                    "seq_len": cfg.seq_len, "rounds": cfg.rounds, "cpu": self.machine.get("cpu"),
                    "flags": self.machine["cpu_flags"], "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+                   "openvino": openvino_version(),
                    "docker_host": cfg.docker_host, "image": cfg.image}
         from .. import __version__
 
