@@ -28,6 +28,9 @@ _LAZY = {
     "CompareConfig": "edgeopt.compare",
     "CompareResult": "edgeopt.compare",
     "save_torch_artifact": "edgeopt.models.torch_module",
+    "generate": "edgeopt.llm.generate",
+    "GenerateConfig": "edgeopt.llm.generate",
+    "GenerateResult": "edgeopt.llm.generate",
 }
 
 

@@ -22,7 +22,7 @@ from .formats import AnyModel
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 Format = str  # a name in edgeopt.formats.HANDLERS
-TASKS = ("text-classification", "feature-extraction", "image-classification")
+TASKS = ("text-classification", "feature-extraction", "image-classification", "text-generation")
 
 
 class TensorSpec(BaseModel):

@@ -838,6 +838,35 @@ def _render_compare(res) -> None:
         console.print(w)
 
 
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[str, typer.Argument(help="A text-generation artifact: a Hugging Face causal-LM checkpoint folder "
+                                              "(Llama/SmolLM, Qwen2, Qwen3, Phi-3, Gemma, Gemma 2).")],
+    prompt: Annotated[str, typer.Option(help="The text to continue.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0: greedy (the default); above 0: sample.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the K likeliest tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sample among the likeliest tokens whose probabilities reach P (1: all).")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling (same seed, same text).")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="A string that ends the continuation (repeatable; not included).")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the tokenizer's chat template as a user turn.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="PyTorch threads (default: all cores).")] = None,
+    as_json: JsonOpt = False,
+):
+    """Continue a prompt with a language model (KV cache; greedy unless --temperature): prints the continuation."""
+    from ..llm.generate import GenerateConfig, generate
+
+    cfg = make_config(GenerateConfig, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      seed=seed, stop=list(stop or []), chat=chat, threads=threads)
+    res = generate(_model_path(model), prompt, cfg)
+    if as_json:
+        return _emit(res.model_dump(mode="json"))
+    sys.stdout.write(res.text + "\n")
+    rate = f", {res.decode_tokens_per_s:.1f} tokens/s" if res.decode_tokens_per_s else ""
+    _status_printer(False)(f"{len(res.tokens)} tokens ({res.stop_reason}); first token {res.time_to_first_token_ms:.0f} ms"
+                           f"{rate}; {res.backend}")
+
+
 @app.command("sensitivity")
 def sensitivity_cmd(
     model: Annotated[str, typer.Argument(help="An fp32 ONNX artifact.")],

@@ -34,6 +34,14 @@ class HfHandler(FormatHandler):
     def model_files(self, artifact: "Artifact") -> list[Path]:
         return [f for pat in ("*.safetensors", "pytorch_model*.bin") for f in sorted(artifact.path.glob(pat))]
 
+    def check_runtime_installed(self, artifact: "Artifact") -> None:
+        if artifact.manifest.task == "text-generation":  # bench and serve check this before they start
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{artifact.path} is a text-generation model: `edgeopt generate` runs it; export, "
+                              "quantize, bench, serve and the compression stages do not support language models yet")
+        super().check_runtime_installed(artifact)
+
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):
         from ..runtime.torch import TorchRuntime
 

@@ -20,7 +20,11 @@ def read_json(p: Path) -> dict[str, Any]:
 
 
 def infer_task(config) -> str:
+    from ..llm.families import is_causal_lm
+
     archs = config.architectures or []
+    if is_causal_lm(config):
+        return "text-generation"
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "text-classification"
     if any(a.endswith("ForImageClassification") for a in archs):
@@ -54,6 +58,8 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
     task = task or infer_task(config)
     labels = None
     model: dict[str, Any] = {"pooling": None}
+    if task == "text-generation":
+        return _adopt_causal_lm(folder, config)
     if task in ("text-classification", "image-classification"):
         labels = [config.id2label[i] for i in sorted(config.id2label)]
     if task == "image-classification":
@@ -95,6 +101,28 @@ def adopt_hf_folder(folder: Path, task: str | None = None) -> Artifact:
     # digest (recipe caches and lineage depend on it).
     files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
     manifest = Manifest(format="hf", task=task, labels=labels, io=io, model=model, lineage=lineage, files=files)
+    return Artifact(folder, manifest)
+
+
+def _adopt_causal_lm(folder: Path, config) -> Artifact:
+    """A decoder-only language model: tokens in, next-token logits out (``edgeopt generate`` runs it)."""
+    from ..llm.families import check_family, is_causal_lm
+
+    if not is_causal_lm(config):
+        raise ConfigError(f"{folder}: --task text-generation needs a causal language model (architectures "
+                          f"*ForCausalLM); config.json lists {', '.join(config.architectures or []) or 'none'}")
+    check_family(config, folder)
+    if not ((folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()):
+        raise InputError(f"{folder}: a language model without a tokenizer (tokenizer.json / tokenizer_config.json); "
+                         "save the tokenizer next to the weights")
+    context = int(getattr(config, "max_position_embeddings", 0) or 2048)
+    io = IOSpec(inputs=[TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"]) for n in ("input_ids", "attention_mask")],
+                outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", "sequence", int(config.vocab_size)])],
+                preprocessing=TextPreprocessing(tokenizer=".", max_length=context))
+    files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    manifest = Manifest(format="hf", task="text-generation", labels=None, io=io,
+                        model={"pooling": None, "family": config.model_type, "context": context},
+                        lineage=[LineageEntry(stage="source", config={"path": str(folder)})], files=files)
     return Artifact(folder, manifest)
 
 
@@ -169,6 +197,9 @@ def load_hf_module(artifact: Artifact, for_export: bool = False):
     transformers.utils.logging.disable_progress_bar()
     folder = artifact.path
     m = artifact.manifest
+    if m.task == "text-generation":
+        raise ConfigError(f"{folder} is a text-generation model: `edgeopt generate` runs it; export, quantize, bench, "
+                          "serve and the compression stages do not support language models yet")
     if m.task not in AUTO_CLASSES:
         raise InputError(f"{folder}: task '{m.task}' is not supported for Hugging Face models; use text-classification, feature-extraction or image-classification")
     config = load_config(folder)

@@ -1,0 +1,147 @@
+"""Text generation with a KV cache: the prompt is run once (prefill), then one token at a time, each
+step feeding only the new token and the cached keys and values.
+
+Hugging Face causal-LM checkpoints run in PyTorch (float32). ``edgeopt generate`` and the Python API
+``edgeopt.generate(artifact, prompt, GenerateConfig(...))`` use it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from ..artifact import Artifact, load_artifact
+from ..errors import ConfigError, InputError
+from .sampling import SamplingConfig, next_token
+
+
+class GenerateConfig(SamplingConfig):
+    chat: bool = False  # wrap the prompt in the tokenizer's chat template (a user turn)
+    threads: Optional[int] = Field(None, ge=1)
+
+
+class GenerateResult(BaseModel):
+    text: str  # the continuation only
+    prompt: str  # what the model was given (after the chat template)
+    prompt_tokens: int
+    tokens: list[int]  # the generated ids (a stop string's tokens included, its text not)
+    stop_reason: Literal["max_new_tokens", "eos", "stop"]
+    time_to_first_token_ms: float
+    decode_tokens_per_s: Optional[float]  # tokens after the first, per second of their decoding
+    seconds: float
+    backend: str
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config):
+        e = getattr(src, "eos_token_id", None) if src is not None else None
+        ids.update([e] if isinstance(e, int) else (e or []))
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    return ids
+
+
+class TorchGenerator:
+    """A Hugging Face causal LM and its tokenizer, loaded once (float32, eval)."""
+
+    backend = "pytorch"
+
+    def __init__(self, artifact: Artifact, threads: Optional[int] = None):
+        import torch
+        import transformers
+
+        from ..models.architectures import load_config
+        from ..models.hf import _load_failure, load_tokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        if threads:
+            torch.set_num_threads(int(threads))
+        folder = artifact.path
+        config = load_config(folder)
+        try:
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32).eval()
+        except Exception as e:
+            raise InputError(_load_failure(folder, config, e)) from e
+        self.tok = load_tokenizer(artifact)
+        self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        self.eos = _eos_ids(self.model, self.tok)
+
+    def prompt_ids(self, prompt: str, chat: bool) -> tuple[str, list[int]]:
+        text = prompt
+        if chat:
+            if not getattr(self.tok, "chat_template", None):
+                raise ConfigError("--chat: this tokenizer has no chat template; give the prompt as plain text")
+            text = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                add_generation_prompt=True)
+        ids = self.tok(text, add_special_tokens=not chat)["input_ids"]
+        return text, list(ids)
+
+    def generate(self, prompt: str, cfg: GenerateConfig) -> GenerateResult:
+        import torch
+
+        t0 = time.perf_counter()
+        text, ids = self.prompt_ids(prompt, cfg.chat)
+        if not ids:
+            raise ConfigError("the prompt is empty; give some text with --prompt")
+        if self.context and len(ids) + cfg.max_new_tokens > self.context:
+            raise ConfigError(f"the prompt is {len(ids)} tokens and --max-new-tokens {cfg.max_new_tokens}: more than the "
+                              f"model's context of {self.context} tokens; shorten the prompt or lower --max-new-tokens")
+        rng = np.random.default_rng(cfg.seed)
+        out: list[int] = []
+        reason: str = "max_new_tokens"
+        first = None
+        cut = None
+        with torch.inference_mode():
+            res = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            while True:
+                logits = res.logits[0, -1].float().numpy()
+                nxt = next_token(logits, cfg, rng)
+                if first is None:
+                    first = time.perf_counter()
+                if nxt in self.eos:
+                    reason = "eos"
+                    break
+                out.append(nxt)
+                if cfg.stop:
+                    so_far = self.tok.decode(out, skip_special_tokens=True)
+                    hits = [so_far.find(s) for s in cfg.stop if s and s in so_far]
+                    if hits:
+                        cut, reason = min(hits), "stop"
+                        break
+                if len(out) >= cfg.max_new_tokens:
+                    break
+                res = self.model(input_ids=torch.tensor([[nxt]]), past_key_values=res.past_key_values, use_cache=True)
+        end = time.perf_counter()
+        cont = self.tok.decode(out, skip_special_tokens=True)
+        if cut is not None:
+            cont = cont[:cut]
+        ttft = ((first or end) - t0) * 1000
+        decode = (len(out) - 1) / (end - first) if first is not None and len(out) > 1 and end > first else None
+        return GenerateResult(text=cont, prompt=text, prompt_tokens=len(ids), tokens=out, stop_reason=reason,
+                              time_to_first_token_ms=ttft, decode_tokens_per_s=decode, seconds=end - t0,
+                              backend=self.backend)
+
+
+def load_generator(artifact: Union[Artifact, str, Path], threads: Optional[int] = None) -> TorchGenerator:
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    m = art.manifest
+    if m.task != "text-generation":
+        raise ConfigError(f"{art.path} is a {m.task} model; generate runs text-generation (decoder-only language) models")
+    if m.format != "hf":
+        raise ConfigError(f"{art.path} is a {m.format} artifact; generate runs Hugging Face causal-LM checkpoints "
+                          "(ONNX export of language models is not supported yet)")
+    from .._optional import require
+
+    require("train", purpose=f"running the language model {art.path} in PyTorch", modules=("torch", "transformers"))
+    return TorchGenerator(art, threads)
+
+
+def generate(artifact: Union[Artifact, str, Path], prompt: str, config: Optional[GenerateConfig] = None) -> GenerateResult:
+    """The continuation of ``prompt`` by a text-generation artifact (greedy unless a temperature is given)."""
+    cfg = config or GenerateConfig()
+    return load_generator(artifact, cfg.threads).generate(prompt, cfg)

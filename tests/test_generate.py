@@ -1,0 +1,178 @@
+"""Task text-generation: decoder-only Hugging Face checkpoints (tiny random-initialised configs of the
+real classes), adopted as artifacts and run by `edgeopt generate` with a KV cache."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _support import TEXT_ROWS
+from edgeopt.artifact import load_artifact
+from edgeopt.errors import ConfigError
+from edgeopt.llm.generate import GenerateConfig, generate, load_generator
+from edgeopt.llm.sampling import SamplingConfig, next_token
+from test_cli import assert_clean_failure, cli
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128)
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 1}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 8}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8}),
+}
+PROMPT = "Wireless noise-cancelling headphones with"
+
+
+@pytest.fixture(scope="session")
+def lm_tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer trained on the test texts (no hub download), with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [t for t, _ in TEXT_ROWS] * 4
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=SMALL["vocab_size"], special_tokens=["<eos>", "<pad>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    folder = tmp_path_factory.mktemp("lm-tok")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def _tiny_lm(root: Path, family: str, tok_dir: Path) -> Path:
+    import shutil
+
+    cfg_name, cls_name, extra = FAMILIES[family]
+    cfg = getattr(transformers, cfg_name)(**SMALL, eos_token_id=0, bos_token_id=0, **{"pad_token_id": 1, **extra})
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(cfg).eval()
+    folder = root / family
+    model.save_pretrained(folder)
+    for f in tok_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(tmp_path_factory, lm_tokenizer) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lms")
+    return {f: _tiny_lm(root, f, lm_tokenizer) for f in FAMILIES}
+
+
+def _hf_greedy(folder: Path, prompt: str, n: int) -> list[int]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n, pad_token_id=1)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_greedy_generation_matches_transformers(tiny_lms, family):
+    art = load_artifact(tiny_lms[family])
+    m = art.manifest
+    assert m.task == "text-generation" and m.format == "hf" and m.model.family == family
+    assert [t.name for t in m.io.inputs] == ["input_ids", "attention_mask"]
+    assert m.io.outputs[0].name == "logits" and m.io.outputs[0].shape == ["batch", "sequence", SMALL["vocab_size"]]
+    res = generate(art, PROMPT, GenerateConfig(max_new_tokens=12))
+    want = _hf_greedy(tiny_lms[family], PROMPT, 12)
+    if res.stop_reason == "eos":  # the model chose end-of-sequence: transformers went on only because told to
+        assert want[len(res.tokens)] == 0 and res.tokens == want[: len(res.tokens)]
+    else:
+        assert res.stop_reason == "max_new_tokens" and res.tokens == want
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_lms[family])
+    assert res.text == tok.decode(res.tokens, skip_special_tokens=True)
+    assert res.prompt_tokens == len(tok(PROMPT).input_ids) and res.backend == "pytorch"
+    assert res.time_to_first_token_ms > 0 and res.seconds > 0
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny_lms):
+    gen = load_generator(tiny_lms["llama"])
+    greedy = gen.generate(PROMPT, GenerateConfig(max_new_tokens=10))
+    a = gen.generate(PROMPT, GenerateConfig(max_new_tokens=10, temperature=1.5, seed=7))
+    b = gen.generate(PROMPT, GenerateConfig(max_new_tokens=10, temperature=1.5, seed=7))
+    c = gen.generate(PROMPT, GenerateConfig(max_new_tokens=10, temperature=1.5, seed=8))
+    assert a.tokens == b.tokens and a.tokens != c.tokens  # a random tiny model: near-flat logits
+    k1 = gen.generate(PROMPT, GenerateConfig(max_new_tokens=10, temperature=1.5, top_k=1, seed=3))
+    assert k1.tokens == greedy.tokens[: len(k1.tokens)]
+
+
+def test_a_stop_string_ends_the_continuation(tiny_lms):
+    gen = load_generator(tiny_lms["qwen2"])
+    full = gen.generate(PROMPT, GenerateConfig(max_new_tokens=16))
+    text = full.text
+    assert len(text) > 4
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    res = gen.generate(PROMPT, GenerateConfig(max_new_tokens=16, stop=[stop]))
+    assert res.stop_reason == "stop" and res.text == text[: text.find(stop)]
+    assert stop not in res.text and len(res.tokens) <= len(full.tokens)
+
+
+def test_chat_template(tiny_lms):
+    gen = load_generator(tiny_lms["llama"])
+    res = gen.generate("tea", GenerateConfig(max_new_tokens=3, chat=True))
+    assert res.prompt == "<user>tea<assistant>"
+
+
+def test_next_token_top_k_and_top_p_restrict_the_choice():
+    logits = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05]))
+    rng = np.random.default_rng(0)
+    assert next_token(logits, SamplingConfig(), rng) == 0  # greedy
+    draws = {next_token(logits, SamplingConfig(temperature=1.0, top_k=2), rng) for _ in range(400)}
+    assert draws == {0, 1}
+    draws = [next_token(logits, SamplingConfig(temperature=1.0, top_p=0.8), rng) for _ in range(2000)]
+    assert set(draws) == {0, 1, 2}  # 0.5 + 0.2 < 0.8 <= 0.5 + 0.2 + 0.15
+    share = np.bincount(draws, minlength=3)[:3] / len(draws)
+    np.testing.assert_allclose(share, np.array([0.5, 0.2, 0.15]) / 0.85, atol=0.04)
+    hot = [next_token(logits, SamplingConfig(temperature=100.0), rng) for _ in range(2000)]
+    assert np.bincount(hot, minlength=5).min() > 300  # a high temperature flattens the distribution
+
+
+def test_cli_generate_text_and_json(tiny_lms):
+    p = cli("generate", tiny_lms["phi3"], "--prompt", PROMPT, "--max-new-tokens", "5", "--json")
+    assert p.returncode == 0, p.stderr
+    body = json.loads(p.stdout)
+    assert body["backend"] == "pytorch" and 0 < len(body["tokens"]) <= 5 and body["prompt"] == PROMPT
+    p2 = cli("generate", tiny_lms["phi3"], "--prompt", PROMPT, "--max-new-tokens", "5")
+    assert p2.returncode == 0 and p2.stdout == body["text"] + "\n"
+
+
+def test_unsupported_family_names_the_supported_ones(tmp_path, lm_tokenizer):
+    import shutil
+
+    cfg = transformers.GPT2Config(vocab_size=SMALL["vocab_size"], n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                                  bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    for f in lm_tokenizer.iterdir():
+        shutil.copy(f, tmp_path / "gpt2" / f.name)
+    with pytest.raises(ConfigError, match=r"'gpt2' language models are not supported; supported families: Llama"):
+        load_artifact(tmp_path / "gpt2")
+    line = assert_clean_failure(cli("generate", tmp_path / "gpt2", "--prompt", "x"), codes=(2,))
+    assert "Qwen3" in line and "Gemma" in line and "Phi-3" in line
+
+
+def test_bad_inputs_are_one_line(tiny_lms, cls_onnx, tmp_path):
+    lm = tiny_lms["llama"]
+    line = assert_clean_failure(cli("generate", lm, "--prompt", "tea " * 200), codes=(2,))
+    assert "more than the model's context of 128 tokens" in line
+    assert "--max-new-tokens" in assert_clean_failure(cli("generate", lm, "--prompt", "x", "--max-new-tokens", "0"), codes=(2,))
+    assert "--top-p" in assert_clean_failure(cli("generate", lm, "--prompt", "x", "--top-p", "1.5"), codes=(2,))
+    assert "generate runs text-generation" in assert_clean_failure(cli("generate", cls_onnx.path, "--prompt", "x"), codes=(2,))
+    assert "empty" in assert_clean_failure(cli("generate", lm, "--prompt", ""), codes=(2,))
+    # what does not run language models yet says so, before doing anything
+    out = tmp_path / "x"
+    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("export", lm, "-o", out), out, codes=(2,))
+    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("bench", lm, "--runs", "2"), codes=(2,))
+    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("serve", lm, "--port", "1"), codes=(2,))
