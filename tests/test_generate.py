@@ -18,15 +18,16 @@ from test_cli import assert_clean_failure, cli
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-SMALL = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+# head size 16: ONNX Runtime's CPU GroupQueryAttention takes multiples of 16
+SMALL = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128)
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 8}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 1}),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 8}),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 8}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 16}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
 }
 PROMPT = "Wireless noise-cancelling headphones with"
 
@@ -173,6 +174,62 @@ def test_bad_inputs_are_one_line(tiny_lms, cls_onnx, tmp_path):
     assert "empty" in assert_clean_failure(cli("generate", lm, "--prompt", ""), codes=(2,))
     # what does not run language models yet says so, before doing anything
     out = tmp_path / "x"
-    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("export", lm, "-o", out), out, codes=(2,))
+    assert "--target" in assert_clean_failure(cli("export", lm, "-o", out, "--target", "rpi5"), out, codes=(2,))
+    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("quantize", lm, "-o", out), out, codes=(2,))
     assert "`edgeopt generate` runs it" in assert_clean_failure(cli("bench", lm, "--runs", "2"), codes=(2,))
     assert "`edgeopt generate` runs it" in assert_clean_failure(cli("serve", lm, "--port", "1"), codes=(2,))
+
+
+# --- export: ONNX Runtime GenAI's decoder with a KV cache ---------------------------------------
+
+@pytest.fixture(scope="session")
+def exported_lms(tiny_lms, tmp_path_factory) -> dict[str, object]:
+    """Every family through `edgeopt export`: the artifact, or the one error line where ONNX Runtime
+    GenAI's builder cannot build it."""
+    pytest.importorskip("onnxruntime_genai")
+    root = tmp_path_factory.mktemp("lm-onnx")
+    out = {}
+    for family, folder in tiny_lms.items():
+        p = cli("export", folder, "-o", root / family)
+        out[family] = load_artifact(root / family) if p.returncode == 0 else p
+    return out
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_export_checks_prefill_and_greedy_decode_against_pytorch(exported_lms, tiny_lms, family):
+    art = exported_lms[family]
+    if family == "phi3" and not hasattr(art, "manifest"):  # onnxruntime-genai 0.18's builder: KeyError 'multi_cache'
+        line = assert_clean_failure(art, codes=(1,))
+        assert "ONNX Runtime GenAI's model builder" in line and "cannot build" in line
+        return
+    assert hasattr(art, "manifest"), art.stderr
+    m = art.manifest
+    assert m.format == "genai" and m.task == "text-generation" and m.lineage[-1].stage == "export"
+    assert m.model.family == family and m.model.context == SMALL["max_position_embeddings"]
+    assert m.model.builder["precision"] == "fp32" and m.model.builder["version"]
+    assert {"genai_config.json", "model.onnx"} <= set(m.files)
+    c = m.metrics["check"]
+    assert c["greedy_identical_all"] and c["prefill_max_abs_err"] < 1e-4 and c["tokens"] == 16 and c["prompts"] == 3
+    # the graph: a KV cache in and out, prefill and decode in one graph
+    import onnx
+
+    g = onnx.load(str(art.path / "model.onnx"), load_external_data=False).graph
+    names = [i.name for i in g.input]
+    assert "input_ids" in names and any(n.startswith("past_key_values.") for n in names)
+    assert any(o.name.startswith("present.") for o in g.output)
+    # generate runs it with the same loop and sampling: greedy and seeded sampling give PyTorch's tokens
+    for cfg in (GenerateConfig(max_new_tokens=10), GenerateConfig(max_new_tokens=10, temperature=0.7, top_k=20, seed=5)):
+        got, want = generate(art, PROMPT, cfg), generate(tiny_lms[family], PROMPT, cfg)
+        assert got.backend == "onnxruntime-genai" and got.tokens == want.tokens and got.text == want.text
+
+
+def test_exported_lm_cli_and_refusals(exported_lms, tmp_path):
+    art = exported_lms["llama"]
+    p = cli("generate", art.path, "--prompt", PROMPT, "--max-new-tokens", "4", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["backend"] == "onnxruntime-genai"
+    p = cli("inspect", art.path)
+    assert p.returncode == 0 and "format genai" in p.stdout and "onnxruntime-genai" in p.stdout
+    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("bench", art.path, "--runs", "2"), codes=(2,))
+    line = assert_clean_failure(cli("generate", art.path, "--prompt", "tea " * 200), codes=(2,))
+    assert "context of 128 tokens" in line

@@ -165,6 +165,13 @@ def export(
     if as_json:
         return _emit(artifact_summary(art))
     m = art.manifest
+    if m.format == "genai":  # a language model: ONNX Runtime GenAI's decoder, checked step by step
+        c = m.metrics["check"]
+        console.print(f"[green]exported[/green] {_p(art.path)} (ONNX Runtime GenAI {m.model.builder.get('version')}, "
+                      f"{m.model.family}, KV cache, context {m.model.context})")
+        console.print(f"  prefill logits: max abs err {c['prefill_max_abs_err']:.2e}; greedy tokens identical to PyTorch "
+                      f"for {c['tokens']} steps on {c['prompts']} prompts")
+        return None
     checks = m.metrics["numeric_check"]["outputs"]
     console.print(f"[green]exported[/green] {_p(art.path)} ({m.metrics['size_bytes'] / 1e6:.1f} MB, "
                   f"optimization: {m.model.optimization['level']}"
@@ -202,6 +209,9 @@ def quantize(
 
     ptq, method, target = _v(ptq), _v(method), _v(target)
     parent = load_artifact(_model_path(model))
+    if parent.manifest.task == "text-generation":
+        raise ConfigError(f"{parent.path} is a text-generation model: `edgeopt generate` runs it and `edgeopt export` "
+                          "converts it; weight quantization of language models (int4/int8) is not supported yet")
     if qat or (parent.manifest.format in ("hf", "torch")):
         if not qat and ptq != "static":
             raise ConfigError(f"{parent.path} is a PyTorch model: use --qat --data DATA, or --ptq static --calib DATA "

@@ -23,6 +23,7 @@ HANDLERS: dict[str, str] = {
     "torch": "edgeopt.formats.torch:TorchHandler",
     "onnx": "edgeopt.formats.onnx:OnnxHandler",
     "trt": "edgeopt.formats.trt:TrtHandler",
+    "genai": "edgeopt.formats.genai:GenaiHandler",
 }
 
 def _handler_class(fmt: str) -> type[FormatHandler]:

@@ -38,8 +38,9 @@ class HfHandler(FormatHandler):
         if artifact.manifest.task == "text-generation":  # bench and serve check this before they start
             from ..errors import ConfigError
 
-            raise ConfigError(f"{artifact.path} is a text-generation model: `edgeopt generate` runs it; export, "
-                              "quantize, bench, serve and the compression stages do not support language models yet")
+            raise ConfigError(f"{artifact.path} is a text-generation model: `edgeopt generate` runs it and "
+                              "`edgeopt export` converts it; quantize, bench, serve and the compression stages do not "
+                              "support language models yet")
         super().check_runtime_installed(artifact)
 
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):

@@ -1,8 +1,10 @@
 """Text generation with a KV cache: the prompt is run once (prefill), then one token at a time, each
 step feeding only the new token and the cached keys and values.
 
-Hugging Face causal-LM checkpoints run in PyTorch (float32). ``edgeopt generate`` and the Python API
-``edgeopt.generate(artifact, prompt, GenerateConfig(...))`` use it.
+Hugging Face causal-LM checkpoints run in PyTorch (float32); ONNX Runtime GenAI folders (``edgeopt
+export`` of a text-generation model) in ONNX Runtime GenAI. Both go through the same loop and the same
+sampling code, so the same settings give the same tokens wherever the logits agree. ``edgeopt generate``
+and the Python API ``edgeopt.generate(artifact, prompt, GenerateConfig(...))`` use it.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ..artifact import Artifact, load_artifact
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, StageError
 from .sampling import SamplingConfig, next_token
 
 
@@ -45,7 +47,73 @@ def _eos_ids(model, tok) -> set[int]:
     return ids
 
 
-class TorchGenerator:
+class Generator:
+    """The loop: prefill the prompt, then pick a token and step, until end-of-sequence, a stop string or
+    ``max_new_tokens``. Backends give ``prefill(ids) -> logits`` and ``step(id) -> logits``."""
+
+    backend = "?"
+    context: Optional[int] = None
+    eos: set[int] = set()
+    tok = None  # a transformers tokenizer
+
+    def prompt_ids(self, prompt: str, chat: bool) -> tuple[str, list[int]]:
+        text = prompt
+        if chat:
+            if not getattr(self.tok, "chat_template", None):
+                raise ConfigError("--chat: this tokenizer has no chat template; give the prompt as plain text")
+            text = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                add_generation_prompt=True)
+        ids = self.tok(text, add_special_tokens=not chat)["input_ids"]
+        return text, [int(i) for i in ids]
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, token: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def generate(self, prompt: str, cfg: GenerateConfig) -> GenerateResult:
+        t0 = time.perf_counter()
+        text, ids = self.prompt_ids(prompt, cfg.chat)
+        if not ids:
+            raise ConfigError("the prompt is empty; give some text with --prompt")
+        if self.context and len(ids) + cfg.max_new_tokens > self.context:
+            raise ConfigError(f"the prompt is {len(ids)} tokens and --max-new-tokens {cfg.max_new_tokens}: more than the "
+                              f"model's context of {self.context} tokens; shorten the prompt or lower --max-new-tokens")
+        rng = np.random.default_rng(cfg.seed)
+        out: list[int] = []
+        reason: str = "max_new_tokens"
+        first = cut = None
+        logits = self.prefill(ids)
+        while True:
+            nxt = next_token(logits, cfg, rng)
+            if first is None:
+                first = time.perf_counter()
+            if nxt in self.eos:
+                reason = "eos"
+                break
+            out.append(nxt)
+            if cfg.stop:
+                so_far = self.tok.decode(out, skip_special_tokens=True)
+                hits = [so_far.find(s) for s in cfg.stop if s and s in so_far]
+                if hits:
+                    cut, reason = min(hits), "stop"
+                    break
+            if len(out) >= cfg.max_new_tokens:
+                break
+            logits = self.step(nxt)
+        end = time.perf_counter()
+        cont = self.tok.decode(out, skip_special_tokens=True)
+        if cut is not None:
+            cont = cont[:cut]
+        ttft = ((first or end) - t0) * 1000
+        decode = (len(out) - 1) / (end - first) if first is not None and len(out) > 1 and end > first else None
+        return GenerateResult(text=cont, prompt=text, prompt_tokens=len(ids), tokens=out, stop_reason=reason,
+                              time_to_first_token_ms=ttft, decode_tokens_per_s=decode, seconds=end - t0,
+                              backend=self.backend)
+
+
+class TorchGenerator(Generator):
     """A Hugging Face causal LM and its tokenizer, loaded once (float32, eval)."""
 
     backend = "pytorch"
@@ -70,73 +138,87 @@ class TorchGenerator:
         self.tok = load_tokenizer(artifact)
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
         self.eos = _eos_ids(self.model, self.tok)
+        self._past = None
 
-    def prompt_ids(self, prompt: str, chat: bool) -> tuple[str, list[int]]:
-        text = prompt
-        if chat:
-            if not getattr(self.tok, "chat_template", None):
-                raise ConfigError("--chat: this tokenizer has no chat template; give the prompt as plain text")
-            text = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                add_generation_prompt=True)
-        ids = self.tok(text, add_special_tokens=not chat)["input_ids"]
-        return text, list(ids)
-
-    def generate(self, prompt: str, cfg: GenerateConfig) -> GenerateResult:
+    def _run(self, ids: list[int], past) -> np.ndarray:
         import torch
 
-        t0 = time.perf_counter()
-        text, ids = self.prompt_ids(prompt, cfg.chat)
-        if not ids:
-            raise ConfigError("the prompt is empty; give some text with --prompt")
-        if self.context and len(ids) + cfg.max_new_tokens > self.context:
-            raise ConfigError(f"the prompt is {len(ids)} tokens and --max-new-tokens {cfg.max_new_tokens}: more than the "
-                              f"model's context of {self.context} tokens; shorten the prompt or lower --max-new-tokens")
-        rng = np.random.default_rng(cfg.seed)
-        out: list[int] = []
-        reason: str = "max_new_tokens"
-        first = None
-        cut = None
         with torch.inference_mode():
-            res = self.model(input_ids=torch.tensor([ids]), use_cache=True)
-            while True:
-                logits = res.logits[0, -1].float().numpy()
-                nxt = next_token(logits, cfg, rng)
-                if first is None:
-                    first = time.perf_counter()
-                if nxt in self.eos:
-                    reason = "eos"
-                    break
-                out.append(nxt)
-                if cfg.stop:
-                    so_far = self.tok.decode(out, skip_special_tokens=True)
-                    hits = [so_far.find(s) for s in cfg.stop if s and s in so_far]
-                    if hits:
-                        cut, reason = min(hits), "stop"
-                        break
-                if len(out) >= cfg.max_new_tokens:
-                    break
-                res = self.model(input_ids=torch.tensor([[nxt]]), past_key_values=res.past_key_values, use_cache=True)
-        end = time.perf_counter()
-        cont = self.tok.decode(out, skip_special_tokens=True)
-        if cut is not None:
-            cont = cont[:cut]
-        ttft = ((first or end) - t0) * 1000
-        decode = (len(out) - 1) / (end - first) if first is not None and len(out) > 1 and end > first else None
-        return GenerateResult(text=cont, prompt=text, prompt_tokens=len(ids), tokens=out, stop_reason=reason,
-                              time_to_first_token_ms=ttft, decode_tokens_per_s=decode, seconds=end - t0,
-                              backend=self.backend)
+            res = self.model(input_ids=torch.tensor([ids]), past_key_values=past, use_cache=True)
+        self._past = res.past_key_values
+        return res.logits[0, -1].float().numpy()
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        return self._run(ids, None)
+
+    def step(self, token: int) -> np.ndarray:
+        return self._run([token], self._past)
 
 
-def load_generator(artifact: Union[Artifact, str, Path], threads: Optional[int] = None) -> TorchGenerator:
+class GenaiGenerator(Generator):
+    """An ONNX Runtime GenAI folder: its model and KV cache, driven one token at a time by the loop above."""
+
+    backend = "onnxruntime-genai"
+
+    def __init__(self, artifact: Artifact, threads: Optional[int] = None):
+        import onnxruntime_genai as og
+        import transformers
+        from transformers import AutoTokenizer
+
+        transformers.logging.set_verbosity_error()  # its "longer than the maximum length" notice: we say it ourselves
+
+        info = artifact.manifest.model
+        try:
+            config = og.Config(str(artifact.path))
+            if threads:
+                config.set_provider_option("cpu", "intra_op_num_threads", str(int(threads)))
+            self.model = og.Model(config)
+        except Exception as e:
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise InputError(f"{artifact.path}: ONNX Runtime GenAI cannot load the model ({detail})") from e
+        self.tok = AutoTokenizer.from_pretrained(artifact.path)
+        self.context = info.context
+        self.eos = {int(i) for i in (getattr(info, "eos_token_ids", None) or [])}
+        if self.tok.eos_token_id is not None:
+            self.eos.add(int(self.tok.eos_token_id))
+        self._og, self._gen = og, None
+
+    def _logits(self) -> np.ndarray:
+        return np.asarray(self._gen.get_logits(), dtype=np.float32).reshape(-1)
+
+    def _append(self, ids: list[int]) -> np.ndarray:
+        try:
+            self._gen.append_tokens(np.asarray(ids, dtype=np.int32))
+            return self._logits()
+        except RuntimeError as e:  # a kernel's own limit (e.g. GroupQueryAttention's head sizes)
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            detail = detail.split("Status Message:", 1)[-1].strip()
+            raise StageError(f"ONNX Runtime GenAI cannot run this model ({detail[:300]})") from e
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(max_length=self.context or 4096)
+        self._gen = self._og.Generator(self.model, params)
+        return self._append(ids)
+
+    def step(self, token: int) -> np.ndarray:
+        return self._append([token])
+
+
+def load_generator(artifact: Union[Artifact, str, Path], threads: Optional[int] = None) -> Generator:
+    from .._optional import require
+
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     m = art.manifest
     if m.task != "text-generation":
         raise ConfigError(f"{art.path} is a {m.task} model; generate runs text-generation (decoder-only language) models")
+    if m.format == "genai":
+        require("llm", purpose=f"running the language model {art.path}", modules=("onnxruntime_genai",))
+        require("train", purpose=f"the tokenizer of {art.path}", modules=("transformers",))
+        return GenaiGenerator(art, threads)
     if m.format != "hf":
-        raise ConfigError(f"{art.path} is a {m.format} artifact; generate runs Hugging Face causal-LM checkpoints "
-                          "(ONNX export of language models is not supported yet)")
-    from .._optional import require
-
+        raise ConfigError(f"{art.path} is a {m.format} artifact; generate runs Hugging Face causal-LM checkpoints and "
+                          "their `edgeopt export` (ONNX Runtime GenAI folders)")
     require("train", purpose=f"running the language model {art.path} in PyTorch", modules=("torch", "transformers"))
     return TorchGenerator(art, threads)
 

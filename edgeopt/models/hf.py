@@ -198,8 +198,8 @@ def load_hf_module(artifact: Artifact, for_export: bool = False):
     folder = artifact.path
     m = artifact.manifest
     if m.task == "text-generation":
-        raise ConfigError(f"{folder} is a text-generation model: `edgeopt generate` runs it; export, quantize, bench, "
-                          "serve and the compression stages do not support language models yet")
+        raise ConfigError(f"{folder} is a text-generation model: `edgeopt generate` runs it and `edgeopt export` "
+                          "converts it; quantize, bench, serve and the compression stages do not support language models yet")
     if m.task not in AUTO_CLASSES:
         raise InputError(f"{folder}: task '{m.task}' is not supported for Hugging Face models; use text-classification, feature-extraction or image-classification")
     config = load_config(folder)

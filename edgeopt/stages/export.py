@@ -69,6 +69,12 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 
         parent = adopt_hf_folder(parent.path, task=cfg.task)
     pm = parent.manifest
+    if pm.task == "text-generation" and pm.format == "hf":  # ONNX Runtime GenAI's decoder with a KV cache
+        if cfg.target is not None or cfg.dtype != "float32":
+            raise ConfigError("--target and --dtype do not apply to language models yet: export them without")
+        from ..llm.export import export_lm
+
+        return export_lm(parent, out, cfg)
     if pm.format not in ("hf", "torch"):
         raise ConfigError(f"{parent.path}: is already format '{pm.format}'; export takes an hf or torch artifact")
     return export_module(parent, load_torch_model(parent, for_export=True), out, cfg)
