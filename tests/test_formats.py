@@ -53,7 +53,7 @@ def test_unknown_format_names_the_known_ones():
 
 
 def test_handlers(cls_onnx, tiny_text_classifier, digits_torch):
-    assert set(HANDLERS) == {"hf", "torch", "onnx", "trt"}
+    assert set(HANDLERS) == {"hf", "torch", "onnx", "trt", "genai"}
     onnx_art = cls_onnx
     h = handler_for(onnx_art)
     assert [f.name for f in h.model_files(onnx_art)] == ["model.onnx"]

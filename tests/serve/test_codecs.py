@@ -45,7 +45,8 @@ def _settings(art, **kw) -> ServeSettings:
 def test_registry_covers_every_task():
     from edgeopt.artifact import TASKS
 
-    assert set(CODECS) == set(TASKS)
+    # language models have no serving codec yet: serve refuses them before it listens (tests/test_generate.py)
+    assert set(CODECS) == set(TASKS) - {"text-generation"}
     for task, cls in CODECS.items():
         assert issubclass(cls, Codec) and cls.field in ("inputs", "images") and cls.kind in ("text", "image"), task
 
