@@ -179,11 +179,16 @@ def test_x86_image_of_an_openvino_artifact(client, emb_onnx, text_jsonl, tmp_pat
         want = np.asarray(_in_process(art, body)["embeddings"], dtype=np.float32)
         np.testing.assert_allclose(got, want, atol=1e-4)
     finally:
-        c.remove(force=True)
-        try:
-            client.images.remove(tag, force=True)
-        except Exception:
-            pass
+        _remove(client, c, tag)
+
+
+def _remove(client, container, tag: str) -> None:
+    """A test's container and image, gone whatever happened."""
+    container.remove(force=True)
+    try:
+        client.images.remove(tag, force=True)
+    except Exception:
+        pass
 
 
 def _ssh_ok() -> bool:
@@ -341,8 +346,4 @@ def test_rpi5_image_builds_and_runs_under_qemu(client, cls_onnx, tmp_path, ssh_h
         msg = assert_clean_failure(proc, codes=(2,))
         assert "arm64" in msg and "amd64" in msg
     finally:
-        c.remove(force=True)
-        try:
-            client.images.remove(tag, force=True)
-        except Exception:
-            pass
+        _remove(client, c, tag)
