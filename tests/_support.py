@@ -106,3 +106,54 @@ def write_openvino_artifact(parent, data: Path, out: Path, cache: Path, **config
             search._try(v)
         res = search._write(out, search.trials[1])
     return res, cfg, said
+
+
+# ------------------------------------------------------------------ language models
+# head size 16: ONNX Runtime's CPU GroupQueryAttention takes multiples of 16
+LM_SMALL = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128)
+LM_FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 1}),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 16}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
+}
+LM_PROMPT = "Wireless noise-cancelling headphones with"
+
+
+def build_lm_tokenizer(folder: Path) -> Path:
+    """A byte-level BPE tokenizer trained on the test texts (no hub download), with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [t for t, _ in TEXT_ROWS] * 4
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=LM_SMALL["vocab_size"], special_tokens=["<eos>", "<pad>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    fast.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_lm(root: Path, family: str, tok_dir: Path, seed: int = 0, **overrides) -> Path:
+    """A random-initialised causal LM of the real ``family`` class (LM_FAMILIES) with the test tokenizer."""
+    import shutil
+
+    import torch
+    import transformers
+
+    cfg_name, cls_name, extra = LM_FAMILIES[family]
+    cfg = getattr(transformers, cfg_name)(**{**LM_SMALL, **overrides}, eos_token_id=0, bos_token_id=0,
+                                          **{"pad_token_id": 1, **extra})
+    torch.manual_seed(seed)
+    model = getattr(transformers, cls_name)(cfg).eval()
+    folder = root / family
+    model.save_pretrained(folder)
+    for f in tok_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder

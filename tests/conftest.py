@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from _support import REPO, TEXT_ROWS, digits_io, minilm_dir, write_jsonl
+from _support import LM_FAMILIES, REPO, TEXT_ROWS, build_lm_tokenizer, build_tiny_lm, digits_io, minilm_dir, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -157,3 +157,19 @@ def cls_int8_dynamic(tmp_path_factory, cls_onnx, text_jsonl):
 
     return quantize(cls_onnx, tmp_path_factory.mktemp("art") / "cls-int8-dyn",
                     QuantizeConfig(ptq="dynamic", eval_data=str(text_jsonl)))
+
+
+# ---------------------------------------------------------------------------------------------
+# language models (task text-generation)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def lm_tokenizer(tmp_path_factory) -> Path:
+    return build_lm_tokenizer(tmp_path_factory.mktemp("lm-tok"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lms(tmp_path_factory, lm_tokenizer) -> dict[str, Path]:
+    """One tiny random causal LM per supported family, with the test tokenizer: {family: folder}."""
+    root = tmp_path_factory.mktemp("lms")
+    return {f: build_tiny_lm(root, f, lm_tokenizer) for f in LM_FAMILIES}

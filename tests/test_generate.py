@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _support import TEXT_ROWS
+from _support import LM_FAMILIES as FAMILIES, LM_SMALL as SMALL, LM_PROMPT as PROMPT
 from edgeopt.artifact import load_artifact
 from edgeopt.errors import ConfigError
 from edgeopt.llm.generate import GenerateConfig, generate, load_generator
@@ -17,59 +17,6 @@ from test_cli import assert_clean_failure, cli
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-# head size 16: ONNX Runtime's CPU GroupQueryAttention takes multiples of 16
-SMALL = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=128)
-FAMILIES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 1}),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 16}),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
-}
-PROMPT = "Wireless noise-cancelling headphones with"
-
-
-@pytest.fixture(scope="session")
-def lm_tokenizer(tmp_path_factory):
-    """A byte-level BPE tokenizer trained on the test texts (no hub download), with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = [t for t, _ in TEXT_ROWS] * 4
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=SMALL["vocab_size"], special_tokens=["<eos>", "<pad>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-    fast.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
-    folder = tmp_path_factory.mktemp("lm-tok")
-    fast.save_pretrained(folder)
-    return folder
-
-
-def _tiny_lm(root: Path, family: str, tok_dir: Path) -> Path:
-    import shutil
-
-    cfg_name, cls_name, extra = FAMILIES[family]
-    cfg = getattr(transformers, cfg_name)(**SMALL, eos_token_id=0, bos_token_id=0, **{"pad_token_id": 1, **extra})
-    torch.manual_seed(0)
-    model = getattr(transformers, cls_name)(cfg).eval()
-    folder = root / family
-    model.save_pretrained(folder)
-    for f in tok_dir.iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_lms(tmp_path_factory, lm_tokenizer) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("lms")
-    return {f: _tiny_lm(root, f, lm_tokenizer) for f in FAMILIES}
-
 
 def _hf_greedy(folder: Path, prompt: str, n: int) -> list[int]:
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -233,3 +180,22 @@ def test_exported_lm_cli_and_refusals(exported_lms, tmp_path):
     assert "`edgeopt generate` runs it" in assert_clean_failure(cli("bench", art.path, "--runs", "2"), codes=(2,))
     line = assert_clean_failure(cli("generate", art.path, "--prompt", "tea " * 200), codes=(2,))
     assert "context of 128 tokens" in line
+
+
+def test_stream_yields_the_continuation_piece_by_piece_and_stops_when_closed(tiny_lms):
+    gen = load_generator(tiny_lms["llama"])
+    whole = gen.generate(PROMPT, GenerateConfig(max_new_tokens=16))
+    run = gen.stream(PROMPT, GenerateConfig(max_new_tokens=16))
+    pieces = list(run)
+    assert len(pieces) > 1 and "".join(pieces) == whole.text == run.result.text
+    assert run.result.tokens == whole.tokens
+    run = gen.stream(PROMPT, GenerateConfig(max_new_tokens=16))
+    next(run)
+    run.close()  # the client went away: no more steps
+    assert run.result is None and len(run.tokens) < len(whole.tokens)
+    # stop strings: nothing past the stop string is ever yielded
+    stop = whole.text[len(whole.text) // 2: len(whole.text) // 2 + 2]
+    run = gen.stream(PROMPT, GenerateConfig(max_new_tokens=16, stop=[stop]))
+    assert "".join(run) == whole.text[: whole.text.find(stop)] and run.result.stop_reason == "stop"
+    with pytest.raises(ConfigError, match="context of 128 tokens"):
+        gen.stream("word " * 200, GenerateConfig(max_new_tokens=16))

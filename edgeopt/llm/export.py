@@ -69,7 +69,7 @@ def check(parent: Artifact, child: Artifact, prompts: list[str], atol: float, rt
     rows, bad = [], []
     for p in prompts:
         _, ids = ref.prompt_ids(p, False)
-        a, b = ref.prefill(ids), got.prefill(ids)
+        a, b = ref.prefill(ids)[0], got.prefill(ids)[0]
         err = float(np.max(np.abs(a - b)))
         ok = bool(np.allclose(b, a, atol=atol, rtol=rtol))
         cfg = GenerateConfig(max_new_tokens=tokens)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Iterator, Literal, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -49,7 +49,8 @@ def _eos_ids(model, tok) -> set[int]:
 
 class Generator:
     """The loop: prefill the prompt, then pick a token and step, until end-of-sequence, a stop string or
-    ``max_new_tokens``. Backends give ``prefill(ids) -> logits`` and ``step(id) -> logits``."""
+    ``max_new_tokens``. Backends give ``prefill(ids) -> (logits, state)`` and ``step(state, id) -> logits``;
+    the state (the KV cache) belongs to one generation, so generations may run side by side."""
 
     backend = "?"
     context: Optional[int] = None
@@ -66,51 +67,96 @@ class Generator:
         ids = self.tok(text, add_special_tokens=not chat)["input_ids"]
         return text, [int(i) for i in ids]
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
+    def prefill(self, ids: list[int]) -> tuple[np.ndarray, Any]:
+        """The last prompt position's logits, and the state (the KV cache) the next step continues."""
         raise NotImplementedError
 
-    def step(self, token: int) -> np.ndarray:
+    def step(self, state: Any, token: int) -> np.ndarray:
         raise NotImplementedError
+
+    def check_length(self, n_prompt: int, max_new_tokens: int) -> None:
+        if not n_prompt:
+            raise ConfigError("the prompt is empty; give some text with --prompt")
+        if self.context and n_prompt + max_new_tokens > self.context:
+            raise ConfigError(f"the prompt is {n_prompt} tokens and --max-new-tokens {max_new_tokens}: more than the "
+                              f"model's context of {self.context} tokens; shorten the prompt or lower --max-new-tokens")
+
+    def stream(self, prompt: str, cfg: GenerateConfig, ids: Optional[list[int]] = None) -> "Generation":
+        """The continuation, piece by piece: iterate it for text deltas; ``.result`` once it is done.
+        Stopping the iteration early (``close()``) stops the generation there. The prompt's length is
+        checked here, before any work; ``ids``: the prompt already tokenized (then ``prompt`` is its text)."""
+        text, ids = (prompt, list(ids)) if ids is not None else self.prompt_ids(prompt, cfg.chat)
+        self.check_length(len(ids), cfg.max_new_tokens)
+        return Generation(self, text, ids, cfg)
 
     def generate(self, prompt: str, cfg: GenerateConfig) -> GenerateResult:
+        run = self.stream(prompt, cfg)
+        for _ in run:
+            pass
+        return run.result
+
+
+class Generation:
+    """One generation in progress: an iterator of text deltas (UTF-8-safe; text that could begin a stop
+    string is held back until it cannot), then ``result``."""
+
+    def __init__(self, gen: Generator, text: str, ids: list[int], cfg: GenerateConfig):
+        self.gen, self.text, self.ids, self.cfg = gen, text, ids, cfg
+        self.result: Optional[GenerateResult] = None
+        self.tokens: list[int] = []
+        self._it = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+
+    def _run(self) -> Iterator[str]:
+        gen, cfg, out = self.gen, self.cfg, self.tokens
         t0 = time.perf_counter()
-        text, ids = self.prompt_ids(prompt, cfg.chat)
-        if not ids:
-            raise ConfigError("the prompt is empty; give some text with --prompt")
-        if self.context and len(ids) + cfg.max_new_tokens > self.context:
-            raise ConfigError(f"the prompt is {len(ids)} tokens and --max-new-tokens {cfg.max_new_tokens}: more than the "
-                              f"model's context of {self.context} tokens; shorten the prompt or lower --max-new-tokens")
         rng = np.random.default_rng(cfg.seed)
-        out: list[int] = []
-        reason: str = "max_new_tokens"
+        reason = "max_new_tokens"
         first = cut = None
-        logits = self.prefill(ids)
+        sent = 0  # characters of the continuation already yielded
+        hold = max((len(s) for s in cfg.stop if s), default=1) - 1
+        logits, state = gen.prefill(self.ids)
+        so_far = ""
         while True:
             nxt = next_token(logits, cfg, rng)
             if first is None:
                 first = time.perf_counter()
-            if nxt in self.eos:
+            if nxt in gen.eos:
                 reason = "eos"
                 break
             out.append(nxt)
+            so_far = gen.tok.decode(out, skip_special_tokens=True)
             if cfg.stop:
-                so_far = self.tok.decode(out, skip_special_tokens=True)
                 hits = [so_far.find(s) for s in cfg.stop if s and s in so_far]
                 if hits:
                     cut, reason = min(hits), "stop"
                     break
             if len(out) >= cfg.max_new_tokens:
                 break
-            logits = self.step(nxt)
+            ready = len(so_far) - hold
+            while ready > sent and so_far[ready - 1] == "\ufffd":  # a character still being spelled out in bytes
+                ready -= 1
+            if ready > sent:
+                yield so_far[sent:ready]
+                sent = ready
+            logits = gen.step(state, nxt)
         end = time.perf_counter()
-        cont = self.tok.decode(out, skip_special_tokens=True)
-        if cut is not None:
-            cont = cont[:cut]
+        cont = so_far if cut is None else so_far[:cut]
+        if len(cont) > sent:
+            yield cont[sent:]
         ttft = ((first or end) - t0) * 1000
         decode = (len(out) - 1) / (end - first) if first is not None and len(out) > 1 and end > first else None
-        return GenerateResult(text=cont, prompt=text, prompt_tokens=len(ids), tokens=out, stop_reason=reason,
-                              time_to_first_token_ms=ttft, decode_tokens_per_s=decode, seconds=end - t0,
-                              backend=self.backend)
+        self.result = GenerateResult(text=cont, prompt=self.text, prompt_tokens=len(self.ids), tokens=list(out),
+                                     stop_reason=reason, time_to_first_token_ms=ttft, decode_tokens_per_s=decode,
+                                     seconds=end - t0, backend=gen.backend)
 
 
 class TorchGenerator(Generator):
@@ -138,21 +184,21 @@ class TorchGenerator(Generator):
         self.tok = load_tokenizer(artifact)
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
         self.eos = _eos_ids(self.model, self.tok)
-        self._past = None
 
-    def _run(self, ids: list[int], past) -> np.ndarray:
+    def _run(self, ids: list[int], state: dict) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            res = self.model(input_ids=torch.tensor([ids]), past_key_values=past, use_cache=True)
-        self._past = res.past_key_values
+            res = self.model(input_ids=torch.tensor([ids]), past_key_values=state.get("past"), use_cache=True)
+        state["past"] = res.past_key_values
         return res.logits[0, -1].float().numpy()
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        return self._run(ids, None)
+    def prefill(self, ids: list[int]) -> tuple[np.ndarray, dict]:
+        state: dict = {}
+        return self._run(ids, state), state
 
-    def step(self, token: int) -> np.ndarray:
-        return self._run([token], self._past)
+    def step(self, state: dict, token: int) -> np.ndarray:
+        return self._run([token], state)
 
 
 class GenaiGenerator(Generator):
@@ -181,28 +227,25 @@ class GenaiGenerator(Generator):
         self.eos = {int(i) for i in (getattr(info, "eos_token_ids", None) or [])}
         if self.tok.eos_token_id is not None:
             self.eos.add(int(self.tok.eos_token_id))
-        self._og, self._gen = og, None
+        self._og = og
 
-    def _logits(self) -> np.ndarray:
-        return np.asarray(self._gen.get_logits(), dtype=np.float32).reshape(-1)
-
-    def _append(self, ids: list[int]) -> np.ndarray:
+    def _append(self, gen, ids: list[int]) -> np.ndarray:
         try:
-            self._gen.append_tokens(np.asarray(ids, dtype=np.int32))
-            return self._logits()
+            gen.append_tokens(np.asarray(ids, dtype=np.int32))
+            return np.asarray(gen.get_logits(), dtype=np.float32).reshape(-1)
         except RuntimeError as e:  # a kernel's own limit (e.g. GroupQueryAttention's head sizes)
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             detail = detail.split("Status Message:", 1)[-1].strip()
             raise StageError(f"ONNX Runtime GenAI cannot run this model ({detail[:300]})") from e
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
+    def prefill(self, ids: list[int]) -> tuple[np.ndarray, Any]:
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(max_length=self.context or 4096)
-        self._gen = self._og.Generator(self.model, params)
-        return self._append(ids)
+        gen = self._og.Generator(self.model, params)  # one per generation: its own KV cache
+        return self._append(gen, ids), gen
 
-    def step(self, token: int) -> np.ndarray:
-        return self._append([token])
+    def step(self, state: Any, token: int) -> np.ndarray:
+        return self._append(state, [token])
 
 
 def load_generator(artifact: Union[Artifact, str, Path], threads: Optional[int] = None) -> Generator:
