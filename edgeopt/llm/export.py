@@ -39,10 +39,9 @@ def _builder_version() -> str:
 def _prompts(cfg) -> list[str]:
     if not cfg.check_data:
         return PROMPTS
-    from ..data import load_dataset
+    from .quantize import read_texts
 
-    data = load_dataset(cfg.check_data, kind="text").take(cfg.check_samples)
-    return [str(s) for s in data.samples] or PROMPTS
+    return read_texts(cfg.check_data, cfg.check_samples)[0]
 
 
 def build(src: Path, dst: Path, precision: str = "fp32", extra: Union[dict, None] = None) -> None:

@@ -127,3 +127,14 @@ def save_module(parent: Artifact, wrapper, out, *, stage: str, config: dict, met
     finally:
         D.barrier()
     return art
+
+
+def import_peft():
+    """PEFT, imported with bitsandbytes' CPU-kernel notices silenced (peft imports bitsandbytes when it is
+    installed, and its CPU backend warns that an optional kernel package is missing)."""
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    import peft
+
+    return peft

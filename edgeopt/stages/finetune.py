@@ -94,6 +94,9 @@ def _finetune_text(base: Artifact, out, cfg: FinetuneConfig, labels, train, y_tr
         dtype=torch.float32)  # train in float32 whatever dtype the checkpoint was saved in
     trained = model
     if cfg.lora:
+        from ._torch_common import import_peft
+
+        import_peft()
         from peft import LoraConfig, TaskType, get_peft_model
 
         trained = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,

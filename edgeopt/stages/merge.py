@@ -1,6 +1,6 @@
 """Merge a PEFT adapter (LoRA and the variants PEFT can merge, with ``modules_to_save`` such as a
 classification head) into full-precision base weights, and check the merged model against the
-PEFT model on real inputs."""
+PEFT model on real inputs. Causal language models (LoRA and QLoRA adapters): edgeopt/llm/merge.py."""
 from __future__ import annotations
 
 import json
@@ -91,6 +91,7 @@ def _check_fits(base_model, shapes: dict, adapter: Path) -> None:
                 if mod is not None and hasattr(mod, "weight") and mod.weight is not None and name.endswith(".weight"):
                     if tuple(mod.weight.shape) != shape:
                         problems.append(f"{mod_name}: saved module has shape {list(shape)}, base has {list(mod.weight.shape)}")
+    problems = list(dict.fromkeys(problems))  # lora_A and lora_B of one module: said once
     if problems:
         more = f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""
         raise ConfigError(f"{adapter}: adapter was trained for another base model: " + "; ".join(problems[:4]) + more)
@@ -100,7 +101,7 @@ def _check_fits(base_model, shapes: dict, adapter: Path) -> None:
 def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> Artifact:
     import torch
     import transformers
-    from peft import PeftModel
+    from ._torch_common import import_peft
 
     from ..data import load_dataset
     from ..metrics import numeric_agreement, predict, sample_dataset
@@ -124,6 +125,13 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     if hf_cfg.get("quantization_config"):
         raise ConfigError(f"{parent.path}: the base is stored quantized ({hf_cfg['quantization_config'].get('quant_method', '?')}); "
                           "merge into the full-precision base checkpoint the quantized one was loaded from")
+    if pm.task == "text-generation" or str(acfg.get("task_type", "")).upper() == "CAUSAL_LM":
+        if pm.task != "text-generation":
+            raise ConfigError(f"{adapter}: a CAUSAL_LM adapter, but {parent.path} is a {pm.task} model; merge it into "
+                              f"the language model it was trained on: {acfg.get('base_model_name_or_path') or '?'}")
+        from ..llm.merge import merge_lm
+
+        return merge_lm(parent, adapter, acfg, shapes, out, cfg)
     task = TASK_HEADS.get(str(acfg.get("task_type", "")).upper(), pm.task)
     labels = None
     if (adapter / "labels.json").is_file():
@@ -146,7 +154,7 @@ def merge(base: Artifact | str | Path, out: str | Path, config: MergeConfig) -> 
     base_model = auto.from_pretrained(parent.path, dtype=torch.float32, use_safetensors=True, **kw).eval()
     _check_fits(base_model, shapes, adapter)
     try:
-        peft_model = PeftModel.from_pretrained(base_model, adapter, is_trainable=False).eval()
+        peft_model = import_peft().PeftModel.from_pretrained(base_model, adapter, is_trainable=False).eval()
     except Exception as e:
         raise ConfigError(f"{adapter}: PEFT cannot apply this adapter to {parent.path} ({str(e).splitlines()[0][:300]})") from e
 
