@@ -116,7 +116,7 @@ LM_FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 1}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 1, "original_max_position_embeddings": 128}),  # Phi-3-mini-4k: no LongRoPE
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 16}),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
 }

@@ -122,9 +122,10 @@ def test_bad_inputs_are_one_line(tiny_lms, cls_onnx, tmp_path):
     # what does not run language models yet says so, before doing anything
     out = tmp_path / "x"
     assert "--target" in assert_clean_failure(cli("export", lm, "-o", out, "--target", "rpi5"), out, codes=(2,))
-    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("quantize", lm, "-o", out), out, codes=(2,))
+    assert "run `edgeopt export` first" in assert_clean_failure(cli("quantize", lm, "-o", out, "--weights", "int4"), out, codes=(2,))
     assert "`edgeopt generate` runs it" in assert_clean_failure(cli("bench", lm, "--runs", "2"), codes=(2,))
-    assert "`edgeopt generate` runs it" in assert_clean_failure(cli("serve", lm, "--port", "1"), codes=(2,))
+    # serve does run them (tests/serve/test_llm_serve.py): its own limits are checked before it listens
+    assert "--max-new-tokens" in assert_clean_failure(cli("serve", lm, "--max-new-tokens", "0"), codes=(2,))
 
 
 # --- export: ONNX Runtime GenAI's decoder with a KV cache ---------------------------------------
@@ -145,10 +146,6 @@ def exported_lms(tiny_lms, tmp_path_factory) -> dict[str, object]:
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_export_checks_prefill_and_greedy_decode_against_pytorch(exported_lms, tiny_lms, family):
     art = exported_lms[family]
-    if family == "phi3" and not hasattr(art, "manifest"):  # onnxruntime-genai 0.18's builder: KeyError 'multi_cache'
-        line = assert_clean_failure(art, codes=(1,))
-        assert "ONNX Runtime GenAI's model builder" in line and "cannot build" in line
-        return
     assert hasattr(art, "manifest"), art.stderr
     m = art.manifest
     assert m.format == "genai" and m.task == "text-generation" and m.lineage[-1].stage == "export"

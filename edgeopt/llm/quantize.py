@@ -111,8 +111,8 @@ def _texts(path: Optional[str], n: int) -> tuple[list[str], str]:
 
 
 class _Decoder:
-    """The exported decoder as a plain ONNX Runtime session: logits at every position of a sequence
-    (an empty KV cache in), for perplexity and agreement."""
+    """The exported decoder as a plain ONNX Runtime session, fed one whole sequence with an empty KV
+    cache: GPTQ's calibration batches."""
 
     def __init__(self, model_file: Path, genai_config: dict):
         import onnxruntime as ort
@@ -141,9 +141,6 @@ class _Decoder:
                 raise ConfigError(f"the exported decoder has an input edgeopt does not know how to feed: {i.name}")
         return f
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        return np.asarray(self.sess.run(["logits"], self.feeds(ids))[0][0], dtype=np.float32)
-
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
@@ -151,21 +148,28 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def _position_logits(gen, ids: list[int]) -> np.ndarray:
+    """Logits at every position of ``ids``, from the runtime that generates (its KV cache, one token a
+    step: the path decoding takes, sliding-window attention included)."""
+    first, state = gen.prefill(ids[:1])
+    rows = [first]
+    for t in ids[1:]:
+        rows.append(gen.step(state, t))
+    return np.stack(rows)
+
+
 def _fidelity(parent: Artifact, child: Artifact, texts: list[str], source: str, context: int) -> dict:
     from .generate import GenerateConfig, load_generator
-    from ..models.hf import load_tokenizer
 
-    tok = load_tokenizer(parent)
-    gcfg = json.loads((parent.path / "genai_config.json").read_text())
-    ref = _Decoder(parent.path / parent.manifest.model.file, gcfg)
-    got = _Decoder(child.path / child.manifest.model.file, gcfg)
+    g_ref, g_got = load_generator(parent), load_generator(child)
+    tok = g_ref.tok
     nll_ref = nll_got = 0.0
     n_tok = agree = positions = 0
     for t in texts:
         ids = [int(i) for i in tok(t, truncation=True, max_length=context)["input_ids"]]
         if len(ids) < 2:
             continue
-        a, b = ref.logits(ids), got.logits(ids)
+        a, b = _position_logits(g_ref, ids), _position_logits(g_got, ids)
         agree += int(np.sum(a.argmax(-1) == b.argmax(-1)))
         positions += a.shape[0]
         target = np.asarray(ids[1:])
@@ -175,10 +179,9 @@ def _fidelity(parent: Artifact, child: Artifact, texts: list[str], source: str, 
     if not n_tok:
         raise InputError(f"{source}: the evaluation texts tokenize to fewer than 2 tokens each; give longer texts")
     # greedy continuations of the first prompts: identical for GREEDY_TOKENS tokens?
-    g_ref, g_got = load_generator(parent), load_generator(child)
-    steps = max(1, min(GREEDY_TOKENS, context - 1 - max(len(tok(t)["input_ids"]) for t in texts[:GREEDY_PROMPTS])))
-    same = 0
     prompts = texts[:GREEDY_PROMPTS]
+    steps = max(1, min(GREEDY_TOKENS, context - 1 - max(len(tok(t)["input_ids"]) for t in prompts)))
+    same = 0
     for p in prompts:
         cfg = GenerateConfig(max_new_tokens=steps)
         same += int(g_ref.generate(p, cfg).tokens == g_got.generate(p, cfg).tokens)
