@@ -309,12 +309,16 @@ def _run_stages(r: Recipe, cache: dict, cache_file: Path, force: bool,
             on_stage(entry.name, "cached" if cached else "running")
         report = None
         if entry.kind == "bench":
+            from .bench import llm
+
+            lm = llm.all_language_models(parents)
             if cached:
-                report = BenchReport.model_validate_json((out / "report.json").read_text())
+                report = (llm.LLMBenchReport if lm else BenchReport).model_validate_json((out / "report.json").read_text())
             else:
                 report = bench(parents, config)
                 with staged_dir(out, kind="report-dir") as tmp:
-                    write_outputs(report, tmp / "report.json", tmp / "report.md", title=f"{r.name}: {entry.name}")
+                    (llm.write_outputs if lm else write_outputs)(report, tmp / "report.json", tmp / "report.md",
+                                                                 title=f"{r.name}: {entry.name}")
         else:
             if cached:
                 try:

@@ -30,6 +30,22 @@ class BenchConfig(StageConfig):
     runs: int = Field(30, ge=1)
     warmup: int = Field(3, ge=0)
     eval_samples: Optional[int] = Field(None, ge=1)  # cap on samples for accuracy / fidelity
+    # language models only (edgeopt.bench.llm): prompt lengths in tokens, tokens generated per run
+    prompt_lengths: Optional[list[int]] = None
+    new_tokens: Optional[int] = Field(None, ge=2)
+    rounds: int = Field(1, ge=1)
+
+    def llm_config(self):
+        """The language-model benchmark's config from this one (runs and warmup only where given)."""
+        from .llm import LLMBenchConfig
+
+        given = self.model_fields_set
+        kw = {k: getattr(self, k) for k in ("runs", "warmup") if k in given}
+        if self.prompt_lengths is not None:
+            kw["prompt_lengths"] = self.prompt_lengths
+        if self.new_tokens is not None:
+            kw["new_tokens"] = self.new_tokens
+        return LLMBenchConfig(data=self.data, threads=self.threads, rounds=self.rounds, **kw)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -136,7 +152,18 @@ def bench(artifacts: list[Union[Artifact, str, Path]], config: Optional[BenchCon
     if not arts:
         raise ConfigError("give at least one artifact to benchmark")
     from ..formats import handler_for
+    from .llm import all_language_models
 
+    if all_language_models(arts):  # a mix of language models and others: one ConfigError
+        if {"batch_sizes", "seq_len", "eval_samples"} & cfg.model_fields_set:
+            raise ConfigError("batch_sizes, seq_len and eval_samples are not for language models; give prompt_lengths "
+                              "and new_tokens")
+        from .llm import bench_llm
+
+        return bench_llm(arts, cfg.llm_config())  # time to first token, decode tokens/s per prompt length
+    if cfg.prompt_lengths is not None or cfg.new_tokens is not None:
+        raise ConfigError("prompt_lengths and new_tokens are for language models (text-generation artifacts); use "
+                          "batch_sizes and seq_len for these")
     for art in arts:  # hf/torch artifacts need PyTorch: say so before any subprocess
         handler_for(art).check_runtime_installed(art)
     kinds = {a.manifest.io.preprocessing.kind if a.manifest.io.preprocessing else None for a in arts}

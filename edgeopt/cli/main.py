@@ -50,6 +50,8 @@ def _target_choices() -> type[Enum]:
 
 
 Ptq = _choices("Ptq", ["dynamic", "static"])
+Weights = _choices("Weights", ["int4", "int8"])
+WeightAlgo = _choices("WeightAlgo", ["rtn", "hqq", "gptq"])
 Method = _choices("Method", ["minmax", "entropy", "percentile"])
 Exporter = _choices("Exporter", ["torchscript", "dynamo"])
 Structured = _choices("Structured", ["heads", "neurons", "channels"])
@@ -202,16 +204,41 @@ def quantize(
                                                                "repeat the option or separate names by commas).")] = None,
     exclude_op_types: Annotated[Optional[list[str]], typer.Option(help="Keep every node of this op type in float, e.g. "
                                                                   "Attention (repeatable or comma-separated).")] = None,
+    weights: Annotated[Optional[Weights], typer.Option(help="Language models: weight-only int4 or int8 (MatMulNBits) of an "
+                                                       "`edgeopt export` folder.")] = None,
+    algorithm: Annotated[Optional[WeightAlgo], typer.Option(help="With --weights: rtn (default), hqq, or gptq (needs --calib text).")] = None,
+    block_size: Annotated[Optional[int], typer.Option(help="With --weights: weights per scale block (16, 32, 64, 128...; default 32).")] = None,
+    accuracy_level: Annotated[Optional[int], typer.Option(help="With --weights: MatMulNBits compute on CPU, 4 = int8 "
+                                                          "(fastest, default), 1 = float32.")] = None,
+    embeddings: Annotated[Optional[bool], typer.Option("--embeddings/--no-embeddings", help="With --weights int4: quantize "
+                                                       "the token embeddings too (default: yes).")] = None,
+    lm_head: Annotated[bool, typer.Option("--lm-head/--no-lm-head", help="With --weights: quantize the output head (default: yes).")] = True,
+    max_perplexity_increase: Annotated[Optional[float], typer.Option(help="With --weights: fail if perplexity on --eval-data "
+                                                                     "rises more than this fraction (0.05 = 5 %).")] = None,
+    min_agreement: Annotated[Optional[float], typer.Option(help="With --weights: fail if the top-1 next token agrees with the "
+                                                           "float model on less than this fraction of positions.")] = None,
     as_json: JsonOpt = False,
 ):
-    """Quantize to int8: ONNX Runtime PTQ on ONNX artifacts, or QAT / torch-side PTQ on PyTorch models."""
+    """Quantize: int8 PTQ of ONNX artifacts, QAT / torch-side PTQ of PyTorch models, or weight-only int4/int8 of
+    language models (--weights)."""
     from ..artifact import load_artifact
 
-    ptq, method, target = _v(ptq), _v(method), _v(target)
+    ptq, method, target, weights, algorithm = _v(ptq), _v(method), _v(target), _v(weights), _v(algorithm)
     parent = load_artifact(_model_path(model))
-    if parent.manifest.task == "text-generation":
-        raise ConfigError(f"{parent.path} is a text-generation model: `edgeopt generate` runs it and `edgeopt export` "
-                          "converts it; weight quantization of language models (int4/int8) is not supported yet")
+    lm_opts = {"--algorithm": algorithm, "--block-size": block_size, "--accuracy-level": accuracy_level,
+               "--embeddings": embeddings, "--no-lm-head": None if lm_head else False,
+               "--max-perplexity-increase": max_perplexity_increase, "--min-agreement": min_agreement}
+    if weights or parent.manifest.task == "text-generation":
+        return _quantize_weights(parent, output, weights, algorithm, block_size, accuracy_level, embeddings, lm_head,
+                                 max_perplexity_increase, min_agreement, calib, calib_samples, eval_data, exclude_nodes,
+                                 others={"--ptq": ptq, "--qat": qat or None, "--target": target, "--data": data,
+                                         "--max-accuracy-drop": max_accuracy_drop, "--exclude-op-types": exclude_op_types,
+                                         "--per-tensor": None if per_channel else False},
+                                 as_json=as_json)
+    given = [k for k, v in lm_opts.items() if v is not None]
+    if given:
+        raise ConfigError(f"{given[0]} applies to --weights int4/int8 (language models); {parent.path} is a "
+                          f"{parent.manifest.task} model")
     if qat or (parent.manifest.format in ("hf", "torch")):
         if not qat and ptq != "static":
             raise ConfigError(f"{parent.path} is a PyTorch model: use --qat --data DATA, or --ptq static --calib DATA "
@@ -253,6 +280,37 @@ def quantize(
     parts = [f"{k} {v:.4f}" for k, v in ev.items() if k in ("parent_accuracy", "accuracy", "top1_agreement", "cosine_mean") and v is not None]
     if parts:
         console.print(f"  on {ev.get('samples', '?')} samples of {_p(ev['data'])}: " + ", ".join(parts))
+
+
+def _quantize_weights(parent, output, weights, algorithm, block_size, accuracy_level, embeddings, lm_head,
+                      max_perplexity_increase, min_agreement, calib, calib_samples, eval_data, exclude_nodes,
+                      others: dict, as_json: bool):
+    from ..llm.quantize import WeightQuantizeConfig, quantize_weights
+
+    if parent.manifest.task != "text-generation":
+        raise ConfigError(f"--weights quantizes language models; {parent.path} is a {parent.manifest.task} model: "
+                          "use --ptq dynamic or --ptq static")
+    if not weights:
+        raise ConfigError(f"{parent.path} is a language model: give --weights int4 (or int8) for weight-only quantization")
+    given = [k for k, v in others.items() if v not in (None, [], ())]
+    if given:
+        raise ConfigError(f"{given[0]} does not apply to --weights (weight-only quantization of a language model)")
+    kw = {k: v for k, v in dict(algorithm=algorithm, block_size=block_size, accuracy_level=accuracy_level,
+                                embeddings=embeddings, calib_samples=calib_samples).items() if v is not None}
+    cfg = make_config(WeightQuantizeConfig, weights=weights, lm_head=lm_head, calib=calib, eval_data=eval_data,
+                      max_perplexity_increase=max_perplexity_increase, min_agreement=min_agreement,
+                      exclude_nodes=_names(exclude_nodes, "--exclude-nodes") if exclude_nodes else [], **kw)
+    art = quantize_weights(parent, output, cfg)
+    if as_json:
+        return _emit(artifact_summary(art))
+    m = art.manifest
+    q, ev = m.model.quantization, m.metrics["eval"]
+    console.print(f"[green]quantized[/green] {_p(art.path)}: {q['weights']} weights ({q['algorithm']}, block {q['block_size']}, "
+                  f"accuracy level {q['accuracy_level']}; embeddings {q['embeddings']}, lm_head {q['lm_head']}), "
+                  f"{m.metrics['size_bytes'] / 1e6:.1f} MB ({m.metrics['size_ratio']:.1f}x smaller)")
+    console.print(f"  on {ev['tokens']} tokens of {_p(ev['data'])}: perplexity {ev['parent_perplexity']:.3f} -> "
+                  f"{ev['perplexity']:.3f} ({ev['perplexity_increase']:+.1%}), top-1 agreement {ev['top1_agreement']:.1%}, "
+                  f"greedy {ev['greedy_tokens']} tokens identical on {ev['greedy_identical']:.0%} of {ev['greedy_prompts']} prompts")
 
 
 def _names(values: Optional[list[str]], option: str) -> list[str]:
@@ -421,8 +479,14 @@ def bench(
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8",
     seq_len: Annotated[str, typer.Option(help="'auto' (pad to the longest real input in each batch) or a fixed length.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every runtime.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 30,
-    warmup: Annotated[int, typer.Option(help="Warm-up runs per batch size.")] = 3,
+    runs: Annotated[Optional[int], typer.Option(help="Timed runs per batch size (default 30); language models: "
+                                                "generations per prompt length (default 5).")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Warm-up runs per batch size (default 3); language models: "
+                                                  "per prompt length (default 1).")] = None,
+    prompt_lengths: Annotated[Optional[str], typer.Option(help="Language models: comma-separated prompt lengths in tokens "
+                                                          "(default 128,512).")] = None,
+    new_tokens: Annotated[Optional[int], typer.Option(help="Language models: tokens generated per run, greedy, "
+                                                      "end-of-sequence ignored (default 128).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json-out", help="Write the results to this JSON file.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write a Markdown report (and a PNG plot beside it).")] = None,
     url: Annotated[Optional[str], typer.Option(help="Load-test a running `edgeopt serve` at this URL instead.")] = None,
@@ -441,9 +505,13 @@ def bench(
                                                        "in the image given as the one argument (an image name or a bundle).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout instead of the table.")] = False,
 ):
-    """Latency (p50/p90/p99), throughput, memory, size and accuracy of artifacts side by side, or of a server (--url)."""
+    """Latency (p50/p90/p99), throughput, memory, size and accuracy of artifacts side by side, or of a server (--url);
+    language models: time to first token and decode tokens/s per prompt length."""
     from ..bench.report import check_report_paths, rich_table, write_outputs
 
+    lm_opts = prompt_lengths is not None or new_tokens is not None
+    if lm_opts and (docker_host or url):
+        raise ConfigError("--prompt-lengths and --new-tokens are for language-model artifacts, not --url or --docker-host")
     if docker_host:
         if url or not artifacts or len(artifacts) != 1:
             raise ConfigError("--docker-host takes one image or bundle to benchmark on the device (and no --url)")
@@ -453,8 +521,8 @@ def bench(
         if seq_len != "auto" and not seq_len.isdigit():
             raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
         _parse_ints(batch_sizes, "--batch-sizes")
-        args = ["--batch-sizes", batch_sizes, "--seq-len", seq_len, "--runs", str(runs), "--warmup", str(warmup),
-                *(["--threads", str(threads)] if threads else [])]
+        args = ["--batch-sizes", batch_sizes, "--seq-len", seq_len, *(["--runs", str(runs)] if runs is not None else []),
+                *(["--warmup", str(warmup)] if warmup is not None else []), *(["--threads", str(threads)] if threads else [])]
         status = _status_printer(as_json)
         rep = remote_bench(artifacts[0], docker_host, args, data=data, on_status=status)
         written = write_outputs(rep, json_out, report)
@@ -485,7 +553,14 @@ def bench(
             raise ConfigError("give at least one artifact to benchmark, or --url http://HOST:PORT of a running server")
         from ..bench.core import BenchConfig
         from ..bench.core import bench as run
+        from ..bench.llm import all_language_models
 
+        if all_language_models(inputs):
+            return _bench_llm(list(inputs), data, batch_sizes, seq_len, prompt_lengths, new_tokens, threads, runs, warmup,
+                              json_out, report, as_json)
+        if lm_opts:
+            raise ConfigError("--prompt-lengths and --new-tokens are for language models (text-generation artifacts); "
+                              "use --batch-sizes and --seq-len for these")
         if seq_len != "auto" and not seq_len.isdigit():
             raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
         cfg = make_config(BenchConfig, data=data, batch_sizes=_parse_ints(batch_sizes, "--batch-sizes"),
@@ -497,6 +572,24 @@ def bench(
     console.print(rich_table(rep))
     if url:
         console.print(escape(rep.describe()), highlight=False)
+    for kind, path in written.items():
+        console.print(f"{kind}: {_p(path)}")
+
+
+def _bench_llm(inputs, data, batch_sizes, seq_len, prompt_lengths, new_tokens, threads, runs, warmup, json_out, report,
+               as_json) -> None:
+    """`edgeopt bench` of language models: time to first token and decode tokens/s per prompt length."""
+    from ..bench.llm import LLMBenchConfig, bench_llm, rich_table, write_outputs
+
+    if batch_sizes != "1,8" or seq_len != "auto":
+        raise ConfigError("--batch-sizes and --seq-len are not for language models; give --prompt-lengths and --new-tokens")
+    cfg = make_config(LLMBenchConfig, data=data, threads=threads, runs=runs, warmup=warmup, new_tokens=new_tokens,
+                      prompt_lengths=None if prompt_lengths is None else _parse_ints(prompt_lengths, "--prompt-lengths"))
+    rep = bench_llm(inputs, cfg)
+    written = write_outputs(rep, json_out, report, inputs=tuple(inputs))
+    if as_json:
+        return _emit({**rep.model_dump(mode="json"), "written": {k: str(v) for k, v in written.items()}})
+    console.print(rich_table(rep))
     for kind, path in written.items():
         console.print(f"{kind}: {_p(path)}")
 
@@ -533,8 +626,19 @@ def serve(
                                             envvar="EDGEOPT_LOG_FORMAT")] = "text",
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (at info level), "
                                              "with the X-Request-ID it echoes.", envvar="EDGEOPT_ACCESS_LOG")] = True,
+    max_new_tokens: Annotated[int, typer.Option(help="Language models: most tokens one request may generate (its max_tokens; "
+                                                "422 beyond); also the default, capped by the context.",
+                                                envvar="EDGEOPT_MAX_NEW_TOKENS")] = 512,
+    max_prompt_tokens: Annotated[Optional[int], typer.Option(help="Language models: most prompt tokens (422 beyond); "
+                                                             "default: the model's context.",
+                                                             envvar="EDGEOPT_MAX_PROMPT_TOKENS")] = None,
+    max_generations: Annotated[int, typer.Option(help="Language models: generations running at once; more wait for "
+                                                 "a slot (504 after --timeout).", envvar="EDGEOPT_MAX_GENERATIONS")] = 4,
 ):
     """Serve an artifact over HTTP: /v1/predict, /v1/model, /healthz, /readyz, /metrics.
+
+    Language models (text-generation) get OpenAI's /v1/completions and /v1/chat/completions
+    (streamed with "stream": true) instead of /v1/predict.
 
     Every option can also come from an environment variable (EDGEOPT_PORT, EDGEOPT_MAX_BATCH, ...;
     see each option), so a container's command stays `edgeopt serve`."""
@@ -553,16 +657,16 @@ def serve(
                            api_key_env=api_key_env, threads=threads, target=target, max_items=max_items,
                            max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout,
                            max_text_chars=max_text_chars, max_image_pixels=max_image_pixels, max_batch_tokens=max_batch_tokens,
-                           workers=workers, access_log=access_log, log_format=log_format.lower())
+                           workers=workers, access_log=access_log, log_format=log_format.lower(),
+                           max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                           max_generations=max_generations)
     if api_key_env and not os.environ.get(api_key_env):
         raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty or unset; export it with the key")
     from ..artifact import load_artifact
-    from ..serve.app import check_bind
-
-    from ..formats import handler_for
+    from ..serve.app import check_bind, check_servable
 
     art = load_artifact(settings.artifact)  # verified once; a bad path is one line, before any banner
-    handler_for(art).check_runtime_installed(art)  # hf/torch artifacts need [train]: say so before listening
+    check_servable(art)  # hf/torch artifacts and language models need [train]: say so before listening
     check_bind(host, port)  # a port in use is one error line too
     if settings.log_format == "text":  # JSON logs stay JSON, line for line (uvicorn says where it listens)
         err_console.print(f"serving {_p(settings.artifact)} on http://{host}:{port} (docs: /docs, metrics: /metrics)")
@@ -592,6 +696,7 @@ def run_cmd(
 
 def _render_run(res, as_json: bool, title: str) -> None:
     from ..artifact import load_artifact
+    from ..bench import llm
     from ..bench.report import rich_table
 
     if as_json:
@@ -605,9 +710,10 @@ def _render_run(res, as_json: bool, title: str) -> None:
             stages.append(rec)
         return _emit({"recipe": str(res.recipe.path), "workdir": str(res.recipe.workdir), "stages": stages})
     for s in res.stages:
-        console.print(f"{escape(s.name):<16} {s.kind:<10} {'cached' if s.cached else f'{s.seconds:.1f}s':>8}  {_p(s.path)}")
+        console.print(f"{escape(s.name):<16} {s.kind:<16} {'cached' if s.cached else f'{s.seconds:.1f}s':>8}  {_p(s.path)}")
         if s.report is not None:
-            console.print(rich_table(s.report, title=f"{title}: {s.name}"))
+            table = llm.rich_table if isinstance(s.report, llm.LLMBenchReport) else rich_table
+            console.print(table(s.report, title=f"{title}: {s.name}"))
             console.print(f"report: {_p(s.path / 'report.md')}")
 
 

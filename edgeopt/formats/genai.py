@@ -31,11 +31,18 @@ class GenaiHandler(FormatHandler):
         main = artifact.path / artifact.manifest.model.file
         return [main, *([main.with_name(main.name + ".data")] if main.with_name(main.name + ".data").is_file() else [])]
 
-    def check_runtime_installed(self, artifact: "Artifact") -> None:
-        from ..errors import ConfigError
+    def check_runtime_installed(self, artifact: "Artifact", *, llm: bool = False) -> None:
+        """``llm``: the caller runs it with edgeopt.llm's generator (``edgeopt serve`` does): ONNX Runtime
+        GenAI and transformers (the tokenizer) must be installed; other callers get it refused."""
+        if not llm:
+            from ..errors import ConfigError
 
-        raise ConfigError(f"{artifact.path} is a language model (ONNX Runtime GenAI): `edgeopt generate` runs it; "
-                          "bench and serve do not support language models yet")
+            raise ConfigError(f"{artifact.path} is a language model (ONNX Runtime GenAI): `edgeopt generate` runs it "
+                              "and `edgeopt serve` serves it; bench does not support language models yet")
+        from .._optional import require
+
+        super().check_runtime_installed(artifact)
+        require("train", purpose=f"the tokenizer of {artifact.path}", modules=("transformers",))
 
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):
         self.check_runtime_installed(artifact)

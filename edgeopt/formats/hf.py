@@ -34,14 +34,16 @@ class HfHandler(FormatHandler):
     def model_files(self, artifact: "Artifact") -> list[Path]:
         return [f for pat in ("*.safetensors", "pytorch_model*.bin") for f in sorted(artifact.path.glob(pat))]
 
-    def check_runtime_installed(self, artifact: "Artifact") -> None:
-        if artifact.manifest.task == "text-generation":  # bench and serve check this before they start
+    def check_runtime_installed(self, artifact: "Artifact", *, llm: bool = False) -> None:
+        """``llm``: the caller runs a text-generation artifact with edgeopt.llm's generator (``edgeopt
+        serve`` does), so only its modules are checked; other callers get a language model refused."""
+        if artifact.manifest.task == "text-generation" and not llm:  # bench checks this before it starts
             from ..errors import ConfigError
 
-            raise ConfigError(f"{artifact.path} is a text-generation model: `edgeopt generate` runs it and "
-                              "`edgeopt export` converts it; quantize, bench, serve and the compression stages do not "
-                              "support language models yet")
-        super().check_runtime_installed(artifact)
+            raise ConfigError(f"{artifact.path} is a text-generation model: `edgeopt generate` runs it, `edgeopt serve` "
+                              "serves it and `edgeopt export` converts it; quantize, bench and the compression stages "
+                              "do not support language models yet")
+        super().check_runtime_installed(artifact)  # torch and transformers, what the generator needs too
 
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):
         from ..runtime.torch import TorchRuntime

@@ -23,6 +23,7 @@ from .sampling import SamplingConfig, next_token
 class GenerateConfig(SamplingConfig):
     chat: bool = False  # wrap the prompt in the tokenizer's chat template (a user turn)
     threads: Optional[int] = Field(None, ge=1)
+    ignore_eos: bool = False  # never choose end-of-sequence (as transformers' min_new_tokens): exactly max_new_tokens
 
 
 class GenerateResult(BaseModel):
@@ -126,6 +127,9 @@ class Generation:
         logits, state = gen.prefill(self.ids)
         so_far = ""
         while True:
+            if cfg.ignore_eos and gen.eos:
+                logits = np.asarray(logits, dtype=np.float32).copy()
+                logits[[i for i in gen.eos if i < logits.size]] = -np.inf
             nxt = next_token(logits, cfg, rng)
             if first is None:
                 first = time.perf_counter()
@@ -216,8 +220,10 @@ class GenaiGenerator(Generator):
         info = artifact.manifest.model
         try:
             config = og.Config(str(artifact.path))
-            if threads:
-                config.set_provider_option("cpu", "intra_op_num_threads", str(int(threads)))
+            if threads:  # onnxruntime-genai 0.18 refuses cpu provider options; session options take threads
+                import json
+
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": int(threads)}}}}))
             self.model = og.Model(config)
         except Exception as e:
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -73,6 +73,10 @@ class ServeSettings(BaseModel):
     workers: int = Field(1, ge=1, le=256)  # server processes; /readyz is 200 only when all are ready
     access_log: bool = True
     log_format: Literal["text", "json"] = "text"
+    # language models (task text-generation: OpenAI's /v1/completions and /v1/chat/completions, edgeopt.serve.llm)
+    max_new_tokens: int = Field(512, ge=1)  # a request's max_tokens (422 beyond); the default, capped by the context
+    max_prompt_tokens: int | None = Field(None, ge=1)  # 422 beyond; None: the model's context
+    max_generations: int = Field(4, ge=1, le=256)  # generations running at once; more wait, up to timeout_s (504)
 
     @classmethod
     def env_vars(cls) -> dict[str, str]:
@@ -413,8 +417,6 @@ def _model_info(art: Artifact, settings: ServeSettings) -> dict:
 
 def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
     from fastapi import File, Request, UploadFile
-    from fastapi.responses import PlainTextResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST
 
     PredictRequest = _predict_request_model(settings, p.art.manifest)
     errors = {code: {"model": _Error} for code in (400, 401, 413, 415, 422, 503, 504)}
@@ -448,10 +450,19 @@ def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
         return _json_response(await p.predict(p.codec.decode_files, [await f.read() for f in files], Options(),
                                               request.receive))
 
+    _add_common_routes(app, p, metrics, info=lambda: _model_info(p.art, settings),
+                       queued=lambda: p.batcher.queued_items)
+
+
+def _add_common_routes(app, p, metrics, info: Callable[[], dict], queued: Callable[[], int]) -> None:
+    """/v1/model, /healthz, /readyz and /metrics, for any server (``p``: its readiness())."""
+    from fastapi.responses import PlainTextResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST
+
     @app.get("/v1/model")
     async def model_info():
         """Manifest summary: task, labels, precision, IO, lineage, target."""
-        return _model_info(p.art, settings)
+        return info()
 
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
@@ -467,7 +478,7 @@ def _add_routes(app, p: Predictor, settings: ServeSettings, metrics) -> None:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prom():
         """Prometheus metrics."""
-        metrics.queue_depth.set(p.batcher.queued_items)
+        metrics.queue_depth.set(queued())
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -479,13 +490,12 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
     require("serve", purpose="serving", modules=SERVER_MODULES)
     from fastapi import FastAPI
 
-    from ..formats import handler_for
-
     from .guard import Guard
     from .metrics import ServeMetrics
 
     art = artifact if artifact is not None else load_artifact(settings.artifact)
-    handler_for(art).check_runtime_installed(art)  # before the server listens, not in the loader thread
+    check_servable(art)  # before the server listens, not in the loader thread
+    lm = art.manifest.task == "text-generation"  # a language model: OpenAI's completion routes (edgeopt.serve.llm)
     m = art.manifest
     api_key = _api_key(settings)
     # several workers share a folder serve() made: readiness and metrics are the whole server's
@@ -493,7 +503,12 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
     board = WorkerBoard(Path(shared)) if shared else None
     metrics = ServeMetrics(settings.timeout_s, multiprocess=board is not None)
     metrics.model_info.labels(art.name, m.task, m.format, m.model.precision, str(settings.target or "host")).set(1)
-    predictor = Predictor(art, settings, metrics, board)
+    if lm:
+        from .llm import LLM_JSON_ROUTES, OPENAI_ROUTES, LMServer, OpenAIErrors, add_llm_routes
+
+        predictor = LMServer(art, settings, metrics, board)
+    else:
+        predictor = Predictor(art, settings, metrics, board)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -504,15 +519,34 @@ def create_app(settings: ServeSettings, artifact: Artifact | None = None):
     app = FastAPI(title="edgeopt serve", version=m.edgeopt_version, lifespan=lifespan,
                   description=f"Serving {art.name}: {m.task}, {m.format} {m.model.precision}.")
     _install_error_handlers(app)
-    _add_routes(app, predictor, settings, metrics)
+    if lm:
+        add_llm_routes(app, predictor, settings, metrics)
+    else:
+        _add_routes(app, predictor, settings, metrics)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, api_key=api_key, metrics=metrics,
-                       routes=lambda: {r.path for r in app.routes}, open_routes=OPEN_ROUTES, json_routes=JSON_ROUTES,
+                       routes=lambda: {r.path for r in app.routes}, open_routes=OPEN_ROUTES,
+                       json_routes=JSON_ROUTES | LLM_JSON_ROUTES if lm else JSON_ROUTES,
                        form_routes=FORM_ROUTES, access=settings.access_log)
+    if lm:  # outside the Guard: its refusals too take OpenAI's error shape on OpenAI's routes
+        app.add_middleware(OpenAIErrors, paths=OPENAI_ROUTES)
     app.state.settings = settings
     app.state.serve_state = predictor.state
     app.state.metrics = metrics
     app.state.predictor = predictor
     return app
+
+
+def check_servable(art: Artifact) -> None:
+    """What serving ``art`` needs is installed (language models: what runs their generator); a
+    ConfigError otherwise, before the server listens."""
+    if art.manifest.task == "text-generation":
+        from .llm import check_installed
+
+        check_installed(art)
+        return
+    from ..formats import handler_for
+
+    handler_for(art).check_runtime_installed(art)
 
 
 def app_from_env():

@@ -45,7 +45,7 @@ def _settings(art, **kw) -> ServeSettings:
 def test_registry_covers_every_task():
     from edgeopt.artifact import TASKS
 
-    # language models have no serving codec yet: serve refuses them before it listens (tests/test_generate.py)
+    # language models have no codec: edgeopt.serve.llm serves them (OpenAI routes; tests/serve/test_llm_serve.py)
     assert set(CODECS) == set(TASKS) - {"text-generation"}
     for task, cls in CODECS.items():
         assert issubclass(cls, Codec) and cls.field in ("inputs", "images") and cls.kind in ("text", "image"), task
