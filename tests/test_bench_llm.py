@@ -100,5 +100,12 @@ def test_language_models_and_other_models_do_not_mix(llama, tiny_text_classifier
     assert "--batch-sizes" in assert_clean_failure(cli("bench", llama, "--batch-sizes", "1"), codes=(2,))
     with pytest.raises(ConfigError, match="separately"):
         bench_llm([llama, tiny_text_classifier])
-    with pytest.raises(ConfigError, match="bench_llm"):
-        bench([llama])
+    # the Python API's bench (and recipes' bench stage) hands language models to bench_llm
+    from edgeopt.bench.core import BenchConfig
+
+    rep = bench([llama], BenchConfig(prompt_lengths=[8], new_tokens=4, runs=1, warmup=0))
+    assert [(r.prompt_tokens, r.new_tokens) for r in rep.rows] == [(8, 4)] and rep.rows[0].backend == "pytorch generate"
+    with pytest.raises(ConfigError, match="not for language models"):
+        bench([llama], BenchConfig(batch_sizes=[1]))
+    with pytest.raises(ConfigError, match="for language models"):
+        bench([tiny_text_classifier], BenchConfig(new_tokens=4))

@@ -220,3 +220,9 @@ def test_qlora_adapter_trained_on_a_4bit_base_merges_into_float_weights(tiny_lms
     tok.save_pretrained(qdir)
     line = assert_clean_failure(cli("merge", qdir, "--adapter", tmp_path / "qlora", "-o", tmp_path / "x"), codes=(2,))
     assert "stored quantized" in line and "full-precision" in line
+
+
+def test_package_of_a_language_model_says_it_is_not_built_yet(llama_onnx, tmp_path):
+    out = tmp_path / "bundle"
+    line = assert_clean_failure(cli("package", llama_onnx, "--target", "x86", "-o", out), out, codes=(2,))
+    assert "language model" in line and "edgeopt serve" in line

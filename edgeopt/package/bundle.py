@@ -77,6 +77,9 @@ def check_servable(art: Artifact, spec: TargetSpec) -> dict:
         # An engine runs as it is where its key matches the device; elsewhere the image rebuilds it
         # at first start from the ONNX it keeps (source/), into the engine-cache volume.
         model_file = art.path / m.model.source
+    elif m.task == "text-generation":
+        raise ConfigError(f"{art.path} is a language model: device images of language models are not built yet; serve "
+                          f"it with `edgeopt serve {art.path}` where edgeopt[serve,llm] is installed")
     elif m.format != "onnx":
         raise ConfigError(f"{art.path} is a {m.format} artifact; images serve ONNX"
                           + (" (TensorRT engines: on TensorRT targets)" if m.format == "trt" else "")
