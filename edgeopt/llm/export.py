@@ -7,9 +7,10 @@ last prompt token within ``--atol``/``--rtol``, and the greedy tokens of ``CHECK
 identical. Outside either, nothing is written (exit 1).
 
 Which exporter: ONNX Runtime GenAI's builder, evaluated against a plain ``torch.onnx`` export of the
-decoder. The builder's graph has the fused attention and the KV-cache layout ONNX Runtime GenAI's
-generator runs; the plain export would need a generation runtime of its own. Its limits are its own:
-a family or config it cannot build is reported as such (one line).
+decoder with a flat KV cache (benchmarks/llm_exporters.py): both give PyTorch's greedy tokens; the
+builder's graph (fused GroupQueryAttention, the cache layout its generator preallocates) decodes faster,
+so it is the one used, and the manifest records it. Its limits are its own: a family or config it cannot
+build is reported as such (one line).
 """
 from __future__ import annotations
 
@@ -104,7 +105,10 @@ def export_lm(parent: Artifact, out, cfg) -> Artifact:
         model = {"format": "genai", "file": "model.onnx", "precision": "fp32", "family": family,
                  "context": int(pm.model.model_extra.get("context") or getattr(config, "max_position_embeddings", 0) or 0) or None,
                  "builder": {"tool": "onnxruntime-genai model builder", "version": _builder_version(), "precision": "fp32",
-                             "execution_provider": "cpu"},
+                             "execution_provider": "cpu",
+                             # why this exporter: measured against a plain torch.onnx export of the decoder
+                             "chosen_over": "torch.onnx export with a flat KV cache (benchmarks/llm_exporters.py: "
+                                            "same greedy tokens, builder decodes faster; benchmarks/RESULTS.md)"},
                  "eos_token_ids": [eos] if isinstance(eos, int) else list(eos or [])}
         manifest = pm.child(stage="export", config=cfg.model_dump(), format="genai", model=model)
         child = Artifact(tmp, manifest)

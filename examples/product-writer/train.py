@@ -11,7 +11,7 @@
 
 Then ``edgeopt run examples/product-writer/recipe.yaml`` merges, exports, quantizes and benchmarks.
 
-Usage: python examples/product-writer/train.py [--out examples/product-writer/models] [--steps 700]
+Usage: python examples/product-writer/train.py [--out examples/product-writer/models] [--steps 1200]
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def train(model, tok, texts: list[str], steps: int, lr: float, params, seed: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "models")
-    ap.add_argument("--steps", type=int, default=700, help="base model training steps")
+    ap.add_argument("--steps", type=int, default=1200, help="base model training steps")
     ap.add_argument("--lora-steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
