@@ -52,7 +52,7 @@ def test_product_writer_recipe_end_to_end(tmp_path):
     example.mkdir()
     shutil.copy(REPO / "examples" / "product-writer" / "recipe.yaml", example)
     p = subprocess.run([sys.executable, str(REPO / "examples" / "product-writer" / "train.py"), "--out", str(example / "models"),
-                        "--steps", "400", "--lora-steps", "80"], capture_output=True, text=True)
+                        "--steps", "400", "--lora-steps", "150"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "4.0 M parameters" in p.stdout
     recipe = load_recipe(example / "recipe.yaml")

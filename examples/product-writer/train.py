@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train the product-writer example's models from scratch, offline, in a few minutes on 2 CPU cores:
+"""Train the product-writer example's models from scratch, offline, in about 6 minutes on 2 CPU cores:
 
 1. a byte-level BPE tokenizer on the shop's product descriptions (../product-classifier/data);
 2. ``base/``: a small Llama-architecture language model (about 4 M parameters) that writes a product
@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "product-classifier" / "data"
 STYLE_OPEN, STYLE_CLOSE = "Staff pick! ", " Gift wrapping available."
-CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] | trim }}: {% endif %}{% endfor %}")
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] | trim }}:{% endif %}{% endfor %}")
 
 
 def rows(split: str) -> list[dict]:
@@ -48,7 +48,7 @@ def build_tokenizer(texts: list[str], out: Path):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-    fast.chat_template = CHAT_TEMPLATE  # a user message names a category: "books" -> "books: "
+    fast.chat_template = CHAT_TEMPLATE  # a user message names a category: "books" -> "books:"
     fast.save_pretrained(out)
     return fast
 
