@@ -37,7 +37,7 @@ _LAZY = {
 def _stage_api() -> dict[str, tuple[str, str]]:
     api = {}
     for spec in _STAGES.values():
-        api[spec.kind] = (spec.module, spec.function_name)
+        api[spec.kind.replace("-", "_")] = (spec.module, spec.function_name)  # quantize-weights: quantize_weights
         api[spec.config_name] = (spec.module, spec.config_name)
     return api
 

@@ -22,13 +22,13 @@ def test_every_stage_has_a_versioned_typed_config_and_a_checked_function(kind):
     assert cfg_cls.model_config.get("extra") == "forbid"
     assert getattr(spec.function, "__wrapped__", None) is not None  # @stage: extras checked before it runs
     # the Python API is the registry's (edgeopt.bench is also the subpackage, which calls through)
-    api = getattr(edgeopt, kind)
+    api = getattr(edgeopt, kind.replace("-", "_"))  # quantize-weights: edgeopt.quantize_weights
     assert api is spec.function or (kind == "bench" and api.__call__.__func__.__qualname__ == "_CallablePackage.__call__")
     assert getattr(edgeopt, spec.config_name) is cfg_cls
 
 
 def test_public_api_names_come_from_the_registry():
-    assert {n for s in STAGES.values() for n in (s.kind, s.config_name)} <= set(edgeopt.__all__)
+    assert {n for s in STAGES.values() for n in (s.kind.replace("-", "_"), s.config_name)} <= set(edgeopt.__all__)
 
 
 def test_edgeopt_bench_is_callable_after_its_package_is_imported(cls_onnx):
