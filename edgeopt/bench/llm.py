@@ -315,20 +315,10 @@ def write_outputs(report: LLMBenchReport, json_path: Optional[Path] = None, md_p
                   title: str = "edgeopt bench (language models)", inputs: tuple = ()) -> dict[str, Path]:
     """The JSON and/or Markdown report (each atomically), the PNG plot beside the Markdown; as
     edgeopt.bench.report.write_outputs does for other models."""
-    from ..outputs import write_file_atomic
-    from .report import check_report_paths
+    from .report import write_report_files
 
-    check_report_paths(json_path, md_path, inputs)
-    written = {}
-    if json_path:
-        written["json"] = write_file_atomic(json_path, lambda t: t.write_text(report.model_dump_json(indent=2)), *inputs)
-    if md_path:
-        md_path = Path(md_path)
-        png = write_file_atomic(md_path.with_suffix(".png"), lambda t: plot(report, t), *inputs)
-        text = markdown(report, title) + f"\n![decode speed vs size]({png.name})\n\n<!-- {REPORT_MARK} -->\n"
-        written["report"] = write_file_atomic(md_path, lambda t: t.write_text(text), *inputs)
-        written["plot"] = png
-    return written
+    return write_report_files(report, json_path, md_path, inputs, lambda: markdown(report, title), plot,
+                              "decode speed vs size")
 
 
 # --- the worker (one artifact, its own process) ---------------------------------------------------

@@ -117,6 +117,14 @@ def write_outputs(report: BenchReport, json_path: Optional[Path] = None, md_path
     """Write the JSON and/or Markdown report (each atomically); the PNG plot goes next to the Markdown report.
 
     A path that exists is replaced only if edgeopt wrote it (see edgeopt.outputs)."""
+    return write_report_files(report, json_path, md_path, inputs, lambda: markdown(report, title), plot,
+                              "latency vs accuracy")
+
+
+def write_report_files(report, json_path: Optional[Path], md_path: Optional[Path], inputs: tuple,
+                       markdown_text, plot_fn, caption: str) -> dict[str, Path]:
+    """The JSON (``report`` as pydantic JSON) and the Markdown (``markdown_text()``) with its PNG
+    (``plot_fn(report, path)``) beside it, each written atomically; shared by every kind of bench."""
     from ..outputs import write_file_atomic
 
     check_report_paths(json_path, md_path, inputs)  # also checks that [report] is installed for the plot
@@ -125,8 +133,8 @@ def write_outputs(report: BenchReport, json_path: Optional[Path] = None, md_path
         written["json"] = write_file_atomic(json_path, lambda t: t.write_text(report.model_dump_json(indent=2)), *inputs)
     if md_path:
         md_path = Path(md_path)
-        png = write_file_atomic(md_path.with_suffix(".png"), lambda t: plot(report, t), *inputs)
-        text = markdown(report, title) + f"\n![latency vs accuracy]({png.name})\n\n<!-- {REPORT_MARK} -->\n"
+        png = write_file_atomic(md_path.with_suffix(".png"), lambda t: plot_fn(report, t), *inputs)
+        text = markdown_text() + f"\n![{caption}]({png.name})\n\n<!-- {REPORT_MARK} -->\n"
         written["report"] = write_file_atomic(md_path, lambda t: t.write_text(text), *inputs)
         written["plot"] = png
     return written

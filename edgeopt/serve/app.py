@@ -206,7 +206,28 @@ async def _disconnected(receive) -> None:
         pass
 
 
-class Predictor:
+class Readiness:
+    """Readiness of a server's model: ``state`` (ready, error), ``board`` (with --workers) and ``settings``."""
+
+    state: dict
+    board: "WorkerBoard | None"
+    settings: ServeSettings
+
+    def require_ready(self) -> None:
+        if not self.state["ready"]:
+            err = self.state["error"]
+            raise RequestError(f"model failed to load: {err}" if err else "model is loading; retry shortly", 503)
+
+    def readiness(self) -> None:
+        """RequestError(503) unless this worker, and with --workers every worker, is ready."""
+        self.require_ready()
+        if self.board is not None:
+            n = self.board.count_ready()
+            if n < self.settings.workers:
+                raise RequestError(f"{n} of {self.settings.workers} workers ready; retry shortly", 503)
+
+
+class Predictor(Readiness):
     """The model behind the routes: loads and warms it up off the event loop, and runs each
     request through its codec: decode -> (micro-batcher) preprocess + model call -> encode.
 
@@ -283,19 +304,6 @@ class Predictor:
             out = rt.run(feeds)
         self.metrics.inference.observe(time.perf_counter() - t)
         return out
-
-    def require_ready(self) -> None:
-        if not self.state["ready"]:
-            err = self.state["error"]
-            raise RequestError(f"model failed to load: {err}" if err else "model is loading; retry shortly", 503)
-
-    def readiness(self) -> None:
-        """RequestError(503) unless this worker, and with --workers every worker, is ready."""
-        self.require_ready()
-        if self.board is not None:
-            n = self.board.count_ready()
-            if n < self.settings.workers:
-                raise RequestError(f"{n} of {self.settings.workers} workers ready; retry shortly", 503)
 
     async def _bounded(self, work: Awaitable, deadline: float, receive, what: str):
         """``work``'s result, unless the deadline passes (504) or the client goes away (ClientGone)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ..errors import ConfigError
-from .app import ClientGone, _disconnected, _model_info, release_heap
+from .app import ClientGone, Readiness, _disconnected, _model_info, release_heap
 from .codecs import RequestError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -302,7 +302,7 @@ def _advance(run: "Generation") -> Optional[str]:
     return next(run, None)
 
 
-class LMServer:
+class LMServer(Readiness):
     """The language model behind the routes: loads (and warms up) the generator off the event loop,
     admits at most ``max_generations`` generations at once and steps each in a worker thread."""
 
@@ -342,18 +342,6 @@ class LMServer:
         except Exception as e:  # surfaced by /readyz and the routes
             log.exception("model failed to load")
             self.state["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
-
-    def require_ready(self) -> None:
-        if not self.state["ready"]:
-            err = self.state["error"]
-            raise RequestError(f"model failed to load: {err}" if err else "model is loading; retry shortly", 503)
-
-    def readiness(self) -> None:
-        self.require_ready()
-        if self.board is not None:
-            n = self.board.count_ready()
-            if n < self.settings.workers:
-                raise RequestError(f"{n} of {self.settings.workers} workers ready; retry shortly", 503)
 
     def info(self) -> dict:
         out = _model_info(self.art, self.settings)
