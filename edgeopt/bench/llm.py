@@ -100,20 +100,6 @@ def _context(art: Artifact) -> Optional[int]:
     return int(ctx or getattr(pre, "max_length", 0) or 0) or None
 
 
-def _require(art: Artifact) -> None:
-    from .._optional import require
-
-    fmt = art.manifest.format
-    if fmt not in BACKENDS:
-        raise ConfigError(f"{art.path} is a {fmt} artifact; bench runs language models as Hugging Face causal-LM "
-                          "checkpoints and their `edgeopt export` (ONNX Runtime GenAI folders)")
-    if fmt == "genai":
-        require("llm", purpose=f"running the language model {art.path}", modules=("onnxruntime_genai",))
-        require("train", purpose=f"the tokenizer of {art.path}", modules=("transformers",))
-    else:
-        require("train", purpose=f"running the language model {art.path} in PyTorch", modules=("torch", "transformers"))
-
-
 def _tokenizer(art: Artifact):
     if art.manifest.format == "hf":
         from ..models.hf import load_tokenizer
@@ -167,8 +153,10 @@ def bench_llm(artifacts: Sequence[Union[Artifact, str, Path]], config: Optional[
             raise ConfigError(f"prompt length {longest} + {cfg.new_tokens} new tokens = {longest + cfg.new_tokens} tokens: "
                               f"more than the context of {art.path} ({ctx} tokens); give shorter --prompt-lengths or "
                               "fewer --new-tokens")
+    from ..llm.generate import check_generator
+
     for art in arts:
-        _require(art)
+        check_generator(art)
     if cfg.data:
         from ..data import load_dataset
 

@@ -32,13 +32,13 @@ class GenaiHandler(FormatHandler):
         return [main, *([main.with_name(main.name + ".data")] if main.with_name(main.name + ".data").is_file() else [])]
 
     def check_runtime_installed(self, artifact: "Artifact", *, llm: bool = False) -> None:
-        """``llm``: the caller runs it with edgeopt.llm's generator (``edgeopt serve`` does): ONNX Runtime
+        """``llm``: the caller runs it with edgeopt.llm's generator (generate, serve, bench): ONNX Runtime
         GenAI and transformers (the tokenizer) must be installed; other callers get it refused."""
         if not llm:
             from ..errors import ConfigError
 
-            raise ConfigError(f"{artifact.path} is a language model (ONNX Runtime GenAI): `edgeopt generate` runs it "
-                              "and `edgeopt serve` serves it; bench does not support language models yet")
+            raise ConfigError(f"{artifact.path} is a language model (ONNX Runtime GenAI): `edgeopt generate`, `serve` "
+                              "and `bench` run it; this command does not run language models")
         from .._optional import require
 
         super().check_runtime_installed(artifact)

@@ -35,14 +35,13 @@ class HfHandler(FormatHandler):
         return [f for pat in ("*.safetensors", "pytorch_model*.bin") for f in sorted(artifact.path.glob(pat))]
 
     def check_runtime_installed(self, artifact: "Artifact", *, llm: bool = False) -> None:
-        """``llm``: the caller runs a text-generation artifact with edgeopt.llm's generator (``edgeopt
-        serve`` does), so only its modules are checked; other callers get a language model refused."""
+        """``llm``: the caller runs a text-generation artifact with edgeopt.llm's generator (generate, serve,
+        bench), so only its modules are checked; other callers get a language model refused."""
         if artifact.manifest.task == "text-generation" and not llm:  # bench checks this before it starts
             from ..errors import ConfigError
 
-            raise ConfigError(f"{artifact.path} is a text-generation model: `edgeopt generate` runs it, `edgeopt serve` "
-                              "serves it and `edgeopt export` converts it; quantize, bench and the compression stages "
-                              "do not support language models yet")
+            raise ConfigError(f"{artifact.path} is a text-generation model: `edgeopt generate`, `serve` and `bench` run "
+                              "it and `edgeopt export` converts it; this command does not run language models")
         super().check_runtime_installed(artifact)  # torch and transformers, what the generator needs too
 
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):

@@ -254,22 +254,24 @@ class GenaiGenerator(Generator):
         return self._append(state, [token])
 
 
-def load_generator(artifact: Union[Artifact, str, Path], threads: Optional[int] = None) -> Generator:
-    from .._optional import require
-
-    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+def check_generator(art: Artifact) -> None:
+    """That a generator can run ``art`` here: a text-generation model, as a Hugging Face checkpoint or an
+    ONNX Runtime GenAI folder, with what runs it installed (generate, serve and bench check this first)."""
     m = art.manifest
     if m.task != "text-generation":
         raise ConfigError(f"{art.path} is a {m.task} model; generate runs text-generation (decoder-only language) models")
-    if m.format == "genai":
-        require("llm", purpose=f"running the language model {art.path}", modules=("onnxruntime_genai",))
-        require("train", purpose=f"the tokenizer of {art.path}", modules=("transformers",))
-        return GenaiGenerator(art, threads)
-    if m.format != "hf":
-        raise ConfigError(f"{art.path} is a {m.format} artifact; generate runs Hugging Face causal-LM checkpoints and "
-                          "their `edgeopt export` (ONNX Runtime GenAI folders)")
-    require("train", purpose=f"running the language model {art.path} in PyTorch", modules=("torch", "transformers"))
-    return TorchGenerator(art, threads)
+    if m.format not in ("hf", "genai"):
+        raise ConfigError(f"{art.path} is a {m.format} artifact; language models run as Hugging Face causal-LM "
+                          "checkpoints and their `edgeopt export` (ONNX Runtime GenAI folders)")
+    from ..formats import handler_for
+
+    handler_for(art).check_runtime_installed(art, llm=True)
+
+
+def load_generator(artifact: Union[Artifact, str, Path], threads: Optional[int] = None) -> Generator:
+    art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    check_generator(art)
+    return (GenaiGenerator if art.manifest.format == "genai" else TorchGenerator)(art, threads)
 
 
 def generate(artifact: Union[Artifact, str, Path], prompt: str, config: Optional[GenerateConfig] = None) -> GenerateResult:

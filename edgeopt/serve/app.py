@@ -548,9 +548,9 @@ def check_servable(art: Artifact) -> None:
     """What serving ``art`` needs is installed (language models: what runs their generator); a
     ConfigError otherwise, before the server listens."""
     if art.manifest.task == "text-generation":
-        from .llm import check_installed
+        from ..llm.generate import check_generator
 
-        check_installed(art)
+        check_generator(art)
         return
     from ..formats import handler_for
 

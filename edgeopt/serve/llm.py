@@ -48,17 +48,6 @@ MAX_STOPS = 16
 WARMUP_PROMPT = "Hello"
 
 
-def check_installed(art: "Artifact") -> None:
-    """What generation needs for this artifact is installed (a ConfigError naming the extra otherwise)."""
-    from ..formats import handler_for
-
-    fmt = art.manifest.format
-    if fmt not in ("hf", "genai"):
-        raise ConfigError(f"{art.path} is a {fmt} text-generation artifact; serve runs language models as Hugging Face "
-                          "checkpoints or their `edgeopt export` (ONNX Runtime GenAI folders)")
-    handler_for(art).check_runtime_installed(art, llm=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # requests
 # ---------------------------------------------------------------------------------------------
@@ -615,4 +604,4 @@ def add_llm_routes(app, srv: LMServer, settings: "ServeSettings", metrics) -> No
 
 
 __all__ = ["ChatRequest", "CompletionRequest", "EventStream", "GenerationMetrics", "LLM_JSON_ROUTES", "LMServer",
-           "OPENAI_ROUTES", "OpenAIErrors", "add_llm_routes", "check_installed", "openai_error"]
+           "OPENAI_ROUTES", "OpenAIErrors", "add_llm_routes", "openai_error"]
