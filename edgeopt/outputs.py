@@ -339,11 +339,27 @@ def staged_dir(out: PathLike, *inputs: Any, kind: str = "artifact",
             if complete is not None and not complete(tmp):
                 raise RuntimeError("internal: the stage did not finish its output")
             check_output(out, *inputs, kind=kind)
+            _public_modes(tmp)
             _replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             remove_empty(created)
             raise
+
+
+def _public_modes(folder: Path) -> None:
+    """Modes as the user's umask gives them, for every file and folder of an output: libraries write some
+    files through private temporary files (0600; e.g. ONNX external data), which a container's non-root
+    server, or another user, could not read."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        want = (0o777 if p.is_dir() or mode & 0o111 else 0o666) & ~mask
+        if mode & 0o777 != want:
+            os.chmod(p, want)
 
 
 def make_parents(p: Path) -> list[Path]:

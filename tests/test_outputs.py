@@ -433,3 +433,26 @@ def test_bench_table_shows_names_with_brackets(tmp_path, cls_onnx):
     proc = cli("bench", art, "--runs", "1", "--warmup", "0", "--batch-sizes", "1")
     assert proc.returncode == 0, proc.stderr
     assert "m[bold]" in proc.stdout
+
+
+def test_outputs_are_readable_as_the_umask_says(tmp_path):
+    """A file a library wrote through a private temporary file (0600, e.g. ONNX external data) is published
+    with the umask's modes: a container's non-root server must read the model it was packaged with."""
+    from edgeopt.outputs import staged_dir
+
+    old = os.umask(0o022)
+    try:
+        with staged_dir(tmp_path / "out") as tmp:
+            (tmp / "sub").mkdir(parents=True)
+            (tmp / "manifest.json").write_text("{}")
+            data = tmp / "sub" / "model.onnx.data"
+            data.write_bytes(b"x")
+            data.chmod(0o600)
+            (tmp / "run.sh").write_text("#!/bin/sh\n")
+            (tmp / "run.sh").chmod(0o700)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert (out / "sub" / "model.onnx.data").stat().st_mode & 0o777 == 0o644
+    assert (out / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (out / "sub").stat().st_mode & 0o777 == 0o755 and out.stat().st_mode & 0o777 == 0o755

@@ -105,18 +105,18 @@ def _tokenizer(art: Artifact):
         from ..models.hf import load_tokenizer
 
         return load_tokenizer(art)
-    import transformers
+    from ..llm.tokenizer import LMTokenizer
 
-    transformers.logging.set_verbosity_error()
-    return transformers.AutoTokenizer.from_pretrained(art.path)
+    return LMTokenizer(art.path)
 
 
 def prompt_ids(arts: list[Artifact], length: int, texts: Sequence[str]) -> list[int]:
     """``length`` ids of real text (``texts`` joined, repeated as needed, cut at ``length`` tokens),
     tokenized by the first artifact's tokenizer; every other tokenizer must give the same ids."""
-    import transformers
+    if any(a.manifest.format == "hf" for a in arts):
+        import transformers
 
-    transformers.logging.set_verbosity_error()  # "longer than the model's maximum length": we cut it ourselves
+        transformers.logging.set_verbosity_error()  # "longer than the model's maximum length": we cut it ourselves
     toks = [_tokenizer(a) for a in arts]
     base = " ".join(t.strip() for t in texts if t and t.strip())
     if not base:

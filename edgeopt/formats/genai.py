@@ -25,7 +25,7 @@ class GenaiModel(ModelInfo):
 class GenaiHandler(FormatHandler):
     name = "genai"
     model = GenaiModel
-    runtime_requires = {"llm": ("onnxruntime_genai",)}
+    runtime_requires = {"genai": ("onnxruntime_genai",)}
 
     def model_files(self, artifact: "Artifact") -> list[Path]:
         main = artifact.path / artifact.manifest.model.file
@@ -33,16 +33,14 @@ class GenaiHandler(FormatHandler):
 
     def check_runtime_installed(self, artifact: "Artifact", *, llm: bool = False) -> None:
         """``llm``: the caller runs it with edgeopt.llm's generator (generate, serve, bench): ONNX Runtime
-        GenAI and transformers (the tokenizer) must be installed; other callers get it refused."""
+        GenAI must be installed (the tokenizer needs only tokenizers, and jinja2 for a chat template);
+        other callers get it refused."""
         if not llm:
             from ..errors import ConfigError
 
             raise ConfigError(f"{artifact.path} is a language model (ONNX Runtime GenAI): `edgeopt generate`, `serve` "
                               "and `bench` run it; this command does not run language models")
-        from .._optional import require
-
         super().check_runtime_installed(artifact)
-        require("train", purpose=f"the tokenizer of {artifact.path}", modules=("transformers",))
 
     def load_runtime(self, artifact: "Artifact", *, threads=None, providers=None, session_config=None):
         self.check_runtime_installed(artifact)

@@ -56,7 +56,7 @@ class Generator:
     backend = "?"
     context: Optional[int] = None
     eos: set[int] = set()
-    tok = None  # a transformers tokenizer
+    tok = None  # a transformers tokenizer (PyTorch) or an LMTokenizer (ONNX Runtime GenAI)
 
     def prompt_ids(self, prompt: str, chat: bool) -> tuple[str, list[int]]:
         text = prompt
@@ -212,10 +212,8 @@ class GenaiGenerator(Generator):
 
     def __init__(self, artifact: Artifact, threads: Optional[int] = None):
         import onnxruntime_genai as og
-        import transformers
-        from transformers import AutoTokenizer
 
-        transformers.logging.set_verbosity_error()  # its "longer than the maximum length" notice: we say it ourselves
+        from .tokenizer import LMTokenizer
 
         info = artifact.manifest.model
         try:
@@ -228,7 +226,7 @@ class GenaiGenerator(Generator):
         except Exception as e:
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise InputError(f"{artifact.path}: ONNX Runtime GenAI cannot load the model ({detail})") from e
-        self.tok = AutoTokenizer.from_pretrained(artifact.path)
+        self.tok = LMTokenizer(artifact.path)  # tokenizers + jinja2: what device images hold, no transformers
         self.context = info.context
         self.eos = {int(i) for i in (getattr(info, "eos_token_ids", None) or [])}
         if self.tok.eos_token_id is not None:
