@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -213,7 +214,7 @@ def test_deploy_over_ssh_then_replace_then_port_in_use(client, x86_bundle, ssh_h
         proc = cli("deploy", x86_bundle["path"], "--docker-host", ssh_host, "--port", port, "--name", name, "--json", timeout=600)
         assert proc.returncode == 0, proc.stderr
         d = json.loads(proc.stdout)
-        assert d["url"] == f"http://127.0.0.1:{port}" and d["name"] == name
+        assert d["url"] == f"http://127.0.0.1:{port}" and d["name"] == name and d["routes"] == ["/v1/predict"]
         status, raw = _get(d["url"] + "/v1/predict", BODY)
         assert status == 200 and len(json.loads(raw)["predictions"]) == 3
         c = client.containers.get(name)
@@ -347,3 +348,113 @@ def test_rpi5_image_builds_and_runs_under_qemu(client, cls_onnx, tmp_path, ssh_h
         assert "arm64" in msg and "amd64" in msg
     finally:
         _remove(client, c, tag)
+
+
+# --- language models: an int4 ONNX Runtime GenAI folder in a CPU image (no torch, no transformers) ---------------
+
+LM_PROMPT = "Wireless noise-cancelling headphones with"
+
+
+@pytest.fixture(scope="module")
+def lm_int4(tiny_lms, tmp_path_factory) -> Path:
+    pytest.importorskip("onnxruntime_genai")
+    root = tmp_path_factory.mktemp("lm-image")
+    p = cli("export", tiny_lms["llama"], "-o", root / "onnx", timeout=900)
+    assert p.returncode == 0, p.stderr
+    p = cli("quantize", root / "onnx", "-o", root / "int4", "--weights", "int4", timeout=900)
+    assert p.returncode == 0, p.stderr
+    return root / "int4"
+
+
+def _sse(url: str, body: dict, timeout: float = 120) -> list[dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    events = []
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for raw in r:
+            line = raw.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def _check_lm_image(client, tag: str, lm: Path, platform: str, env: dict, ready_s: float) -> None:
+    """The image answers /v1/completions greedily with the host's tokens and text, streams a chat completion,
+    and holds neither torch nor transformers."""
+    import edgeopt
+    from edgeopt.llm.generate import GenerateConfig
+
+    want = edgeopt.generate(lm, LM_PROMPT, GenerateConfig(max_new_tokens=12))
+    want_chat = edgeopt.generate(lm, "a red kettle", GenerateConfig(max_new_tokens=8, chat=True))
+    port = _free_port()
+    c = client.containers.run(tag, detach=True, platform=platform, environment=env, ports={"8000/tcp": ("127.0.0.1", port)})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, c, ready_s)
+        status, raw = _get(url + "/v1/completions", {"prompt": LM_PROMPT, "max_tokens": 12, "temperature": 0}, timeout=300)
+        assert status == 200, raw
+        got = json.loads(raw)
+        assert got["choices"][0]["text"] == want.text
+        assert got["usage"] == {"prompt_tokens": want.prompt_tokens, "completion_tokens": len(want.tokens),
+                                "total_tokens": want.prompt_tokens + len(want.tokens)}
+        events = _sse(url + "/v1/chat/completions", {"messages": [{"role": "user", "content": "a red kettle"}],
+                                                      "max_tokens": 8, "temperature": 0, "stream": True}, timeout=300)
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices"))
+        assert text == want_chat.text
+        assert events[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+        # a prompt longer than the context: 422, one line
+        try:
+            _get(url + "/v1/completions", {"prompt": LM_PROMPT * 200, "max_tokens": 4})
+            raise AssertionError("an over-long prompt was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 422
+            assert "context" in json.loads(e.read())["error"]["message"]
+        for module in ("torch", "transformers"):
+            r = c.exec_run(["/opt/edgeopt/bin/python", "-c", f"import {module}"])
+            assert r.exit_code != 0, f"{module} is in the image"
+    finally:
+        _remove(client, c, tag)
+
+
+def test_x86_image_of_an_int4_language_model(client, lm_int4, tmp_path, ssh_host):
+    base = _base(client, AMD64_BASES, "amd64")
+    tag = f"edgeopt-test/lm:x86-{os.getpid()}"
+    proc = cli("package", lm_int4, "--target", "x86", "-o", tmp_path / "b", "--base-image", base, "--build", "--tag", tag,
+               "--json", timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    b = json.loads(proc.stdout)
+    assert b["model"]["task"] == "text-generation" and b["model"]["format"] == "genai"
+    assert {"onnxruntime-genai", "jinja2", "onnxruntime", "tokenizers"} <= set(b["packages"])
+    assert not {"torch", "transformers", "pillow", "onnx-ir"} & set(b["packages"])
+    img = client.images.get(tag)
+    assert img.attrs["Size"] < 350e6, img.attrs["Size"]
+    assert img.attrs["Config"]["Labels"]["io.edgeopt.task"] == "text-generation"
+    # shipped like any other image: deploy over ssh names the completion routes, which answer
+    name = f"edgeopt-test-lm-{os.getpid()}"
+    proc = cli("deploy", tag, "--docker-host", ssh_host, "--port", _free_port(), "--name", name, "--json", timeout=600)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        d = json.loads(proc.stdout)
+        assert d["task"] == "text-generation" and d["routes"] == ["/v1/completions", "/v1/chat/completions"]
+        status, raw = _get(d["url"] + "/v1/completions", {"prompt": LM_PROMPT, "max_tokens": 4, "temperature": 0}, timeout=120)
+        assert status == 200 and json.loads(raw)["choices"][0]["finish_reason"] in ("length", "stop")
+    finally:
+        try:
+            client.containers.get(name).remove(force=True)
+        except Exception:
+            pass
+    _check_lm_image(client, tag, lm_int4, "linux/amd64", {}, 180)
+
+
+def test_rpi5_image_of_an_int4_language_model_under_qemu(client, lm_int4, tmp_path):
+    if not _binfmt_aarch64():
+        pytest.skip("no qemu-aarch64 binfmt handler (install qemu-user-static >= 8 from bookworm-backports; CI: .ci/setup-docker)")
+    base = _base(client, ARM64_BASES, "arm64")
+    tag = f"edgeopt-test/lm:rpi5-{os.getpid()}"
+    proc = cli("package", lm_int4, "--target", "rpi5", "-o", tmp_path / "b", "--base-image", base, "--build", "--tag", tag,
+               "--json", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    b = json.loads(proc.stdout)
+    assert b["image"]["architecture"] == "arm64"
+    assert any(w.startswith("wheels/onnxruntime_genai-") and w.endswith("aarch64.whl") for w in b["files"])
+    _check_lm_image(client, tag, lm_int4, "linux/arm64", {"QEMU_CPU": "cortex-a76"}, 600)

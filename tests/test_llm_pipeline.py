@@ -222,7 +222,19 @@ def test_qlora_adapter_trained_on_a_4bit_base_merges_into_float_weights(tiny_lms
     assert "stored quantized" in line and "full-precision" in line
 
 
-def test_package_of_a_language_model_says_it_is_not_built_yet(llama_onnx, tmp_path):
-    out = tmp_path / "bundle"
-    line = assert_clean_failure(cli("package", llama_onnx, "--target", "x86", "-o", out), out, codes=(2,))
-    assert "language model" in line and "edgeopt serve" in line
+def test_package_of_a_language_model(llama_onnx, tiny_lms, tmp_path):
+    """A CPU target's bundle holds ONNX Runtime GenAI and jinja2 for the target's platform, not torch or
+    transformers; a checkpoint that is not exported, or a GPU target, is refused in one line."""
+    p = cli("package", llama_onnx, "--target", "rpi5", "-o", tmp_path / "bundle", "--json", timeout=900)
+    assert p.returncode == 0, p.stderr
+    b = json.loads(p.stdout)
+    assert b["model"]["task"] == "text-generation" and b["platform"] == "linux/arm64"
+    assert {"onnxruntime-genai", "jinja2", "onnxruntime", "tokenizers", "fastapi"} <= set(b["packages"])
+    assert not {"torch", "transformers", "onnx-ir", "pillow"} & set(b["packages"])
+    assert any(f.startswith("wheels/onnxruntime_genai-") and f.endswith("aarch64.whl") for f in b["files"])
+    assert "model/genai_config.json" in b["files"] and "model/tokenizer.json" in b["files"]
+    out = tmp_path / "refused"
+    line = assert_clean_failure(cli("package", tiny_lms["llama"], "--target", "x86", "-o", out), out, codes=(2,))
+    assert "edgeopt export" in line and "language model" in line
+    line = assert_clean_failure(cli("package", llama_onnx, "--target", "gpu-server", "-o", out), out, codes=(2,))
+    assert "CPU targets" in line and "rpi5" in line and "x86" in line

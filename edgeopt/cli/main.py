@@ -814,7 +814,7 @@ def deploy(
         return _emit(d.model_dump(mode="json"))
     console.print(f"[green]deployed[/green] {_p(d.image)} as {_p(d.name)} on {_p(d.docker_host)} "
                   f"({'shipped' if d.shipped else 'already there'}; ready in {d.ready_s:.1f} s)")
-    console.print(f"  {d.url}  (POST {d.url}/v1/predict, {d.url}/metrics)")
+    console.print(f"  {d.url}  (POST {', '.join(d.url + r for r in d.routes)}, {d.url}/metrics)")
 
 
 targets_app = typer.Typer(help="Deployment targets: list them, or show one profile in full.", invoke_without_command=True,

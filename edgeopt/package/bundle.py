@@ -78,8 +78,7 @@ def check_servable(art: Artifact, spec: TargetSpec) -> dict:
         # at first start from the ONNX it keeps (source/), into the engine-cache volume.
         model_file = art.path / m.model.source
     elif m.task == "text-generation":
-        raise ConfigError(f"{art.path} is a language model: device images of language models are not built yet; serve "
-                          f"it with `edgeopt serve {art.path}` where edgeopt[serve,llm] is installed")
+        model_file = _language_model_file(art, spec)
     elif m.format != "onnx":
         raise ConfigError(f"{art.path} is a {m.format} artifact; images serve ONNX"
                           + (" (TensorRT engines: on TensorRT targets)" if m.format == "trt" else "")
@@ -105,6 +104,28 @@ def check_servable(art: Artifact, spec: TargetSpec) -> dict:
     return {"ops": ("checked" if runtime == "onnxruntime" else f"not checked ({runtime} runs it)") if problems is not None
             else "skipped (the onnx package is not installed)", "format": m.format, "precision": m.model.precision,
             **({"runtime": runtime} if runtime != "onnxruntime" else {})}
+
+
+def _language_model_file(art: Artifact, spec: TargetSpec) -> Path:
+    """A language model's image runs ONNX Runtime GenAI's generator on the CPU: its exported folder, for a
+    CPU target, built for GenAI's cpu provider."""
+    m = art.manifest
+    if m.format != "genai":
+        raise ConfigError(f"{art.path} is a {m.format} language model; images serve the exported model: run "
+                          f"`edgeopt export {art.path} -o OUT` (then, for int4 weights, `edgeopt quantize OUT -o INT4 "
+                          f"--weights int4`) and package that")
+    if spec.runtime != "onnxruntime":
+        from ..targets import target_names
+
+        cpu = ", ".join(n for n in target_names() if get_target(n).runtime == "onnxruntime" and get_target(n).docker is not None)
+        raise TargetError(f"{art.path} is a language model for ONNX Runtime GenAI's CPU provider; target '{spec.name}' "
+                          f"runs {spec.runtime}: language-model images are built for CPU targets ({cpu}); "
+                          f"serve it on the GPU with `edgeopt serve {art.path}` where onnxruntime-genai-cuda is installed")
+    provider = (m.model.builder or {}).get("execution_provider", "cpu")
+    if provider != "cpu":
+        raise TargetError(f"{art.path} was built for ONNX Runtime GenAI's {provider} provider; target '{spec.name}' runs "
+                          f"it on the CPU: export it again for the cpu provider and package that")
+    return art.path / m.model.file
 
 
 def package(artifact: Artifact | str | Path, out: str | Path, config: PackageConfig,
@@ -134,10 +155,12 @@ def package(artifact: Artifact | str | Path, out: str | Path, config: PackageCon
         extras = ("serve", "engine") if spec.runtime == "tensorrt" else ("serve",)
         if getattr(art.manifest.model, "runtime", "onnxruntime") == "openvino":
             extras += ("openvino",)
+        if art.manifest.task == "text-generation":  # ONNX Runtime GenAI's generator, jinja2 for the chat template
+            extras += ("genai",)
         reqs = wheelhouse.runtime_requirements(spec, extras)
         on_status(f"downloading wheels for {spec.platform}, Python {spec.python}: {', '.join(spec.packages)} + edgeopt[{','.join(extras)}]")
         wheelhouse.download(spec, reqs, wheels, find_links=extra)
-        left_out = wheelhouse.trim(wheels, pre.kind if pre is not None else None)
+        left_out = wheelhouse.trim(wheels, "text" if art.manifest.task == "text-generation" else pre.kind if pre is not None else None)
         labels = render.labels(spec, model_sha256(art), art.manifest.digest(), art.manifest.task, art.name)
         (tmp / "Dockerfile").write_text(render.render(spec, base, config.port, labels, {}))
         bundle = Bundle(path=str(Path(out).expanduser().resolve()), target=spec.name, platform=spec.platform,

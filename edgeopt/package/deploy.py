@@ -29,6 +29,8 @@ class Deployment(BaseModel):
     container_id: str
     shipped: bool  # False: the device already had this image
     ready_s: float  # from container start to /readyz answering 200
+    task: Optional[str] = None  # the served model's task (the image's io.edgeopt.task label)
+    routes: list[str] = []  # what to POST to
 
 
 def resolve_image(ref: str, local, on_status: Callable[[str], None]) -> str:
@@ -137,7 +139,14 @@ def deploy(ref: str, docker_host: str, port: int = 8000, name: Optional[str] = N
         raise StageError(f"{name} on {docker_host} did not become ready within {wait_s:.0f} s (state {state}); "
                          f"last log line: {logs[-1] if logs else 'none'}; see `docker logs {name}` there")
     return Deployment(url=f"http://{_host_of(docker_host)}:{port}", name=name, image=tag, docker_host=docker_host,
-                      container_id=c.id, shipped=sh.shipped, ready_s=time.monotonic() - t0)
+                      container_id=c.id, shipped=sh.shipped, ready_s=time.monotonic() - t0,
+                      task=sh.labels.get("io.edgeopt.task"), routes=_routes(sh.labels.get("io.edgeopt.task")))
+
+
+def _routes(task: Optional[str]) -> list[str]:
+    if task == "text-generation":  # OpenAI's completion routes (edgeopt.serve.llm)
+        return ["/v1/completions", "/v1/chat/completions"]
+    return ["/v1/predict"]
 
 
 def _exposed_port(client, tag: str) -> int:

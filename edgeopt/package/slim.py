@@ -16,7 +16,8 @@ from pathlib import Path
 # offline optimizers and quantizers (edgeopt export/quantize run them on the host).
 REMOVE = ["pip", "setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence.pth", "wheel",
           "onnxruntime/transformers", "onnxruntime/quantization", "onnxruntime/tools", "onnxruntime/datasets",
-          "numpy/_pyinstaller", "numpy/f2py", "numpy/distutils"]
+          "numpy/_pyinstaller", "numpy/f2py", "numpy/distutils",
+          "onnxruntime_genai/models"]  # ONNX Runtime GenAI's model builder (edgeopt export runs it on the host)
 
 
 # What `edgeopt serve` (and `edgeopt bench` in the image) import: compiled at build time.
@@ -28,6 +29,9 @@ WARM_IMPORTS = ["edgeopt.cli.main", "edgeopt.serve.app", "edgeopt.serve.batcher"
                 "fastapi", "starlette.middleware.gzip", "uvicorn", "uvicorn.main", "uvicorn.loops.asyncio",
                 "uvicorn.protocols.http.h11_impl", "uvicorn.lifespan.on", "prometheus_client", "yaml", "pydantic",
                 "rich.markdown", "typer"]
+# Language-model images also hold these (edgeopt[genai]): compiled where installed.
+WARM_IF_INSTALLED = ["onnxruntime_genai", "jinja2", "jinja2.sandbox", "edgeopt.serve.llm", "edgeopt.llm.generate",
+                     "edgeopt.llm.tokenizer", "edgeopt.llm.sampling", "edgeopt.bench.llm", "edgeopt.formats.genai"]
 
 
 def _size(p: Path) -> int:
@@ -54,7 +58,10 @@ def slim(venv: Path) -> int:
         shutil.rmtree(d, ignore_errors=True)
     for b in venv.glob("bin/pip*"):
         b.unlink()
-    subprocess.run([str(venv / "bin" / "python"), "-c", "import " + ", ".join(WARM_IMPORTS)], check=True,
+    warm = "import importlib, importlib.util\nimport " + ", ".join(WARM_IMPORTS) + "\n"
+    warm += (f"if importlib.util.find_spec('onnxruntime_genai'):\n    for m in {WARM_IF_INSTALLED!r}:\n"
+             "        importlib.import_module(m)\n")
+    subprocess.run([str(venv / "bin" / "python"), "-c", warm], check=True,
                    env={"PATH": "/usr/bin:/bin", "ORT_DISABLE_TELEMETRY": "1"})
     print(f"edgeopt slim: removed {saved / 1e6:.1f} MB from {venv}")
     return saved
