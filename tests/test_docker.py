@@ -267,6 +267,9 @@ def test_remote_bench_over_ssh(x86_bundle, ssh_host, tmp_path, text_jsonl):
     proc = cli("bench", x86_bundle["tag"], "--docker-host", ssh_host, "--batch-sizes", "1", "--runs", "3", timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert f"edgeopt bench on {ssh_host}" in proc.stdout and "cores" in proc.stdout
+    # language-model options on a classifier's image: one line, nothing shipped
+    msg = assert_clean_failure(cli("bench", x86_bundle["path"], "--docker-host", ssh_host, "--new-tokens", "8"), codes=(2,))
+    assert "language models" in msg and "text-classification" in msg
 
 
 
@@ -438,6 +441,16 @@ def test_x86_image_of_an_int4_language_model(client, lm_int4, tmp_path, ssh_host
         assert d["task"] == "text-generation" and d["routes"] == ["/v1/completions", "/v1/chat/completions"]
         status, raw = _get(d["url"] + "/v1/completions", {"prompt": LM_PROMPT, "max_tokens": 4, "temperature": 0}, timeout=120)
         assert status == 200 and json.loads(raw)["choices"][0]["finish_reason"] in ("length", "stop")
+        # benchmarked on the device, in the image: time to first token and decode tokens/s
+        out = tmp_path / "lm-remote.json"
+        proc = cli("bench", tag, "--docker-host", ssh_host, "--prompt-lengths", "16,32", "--new-tokens", "8", "--runs", "2",
+                   "--threads", "1", "--json-out", out, "--json", timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        rep = json.loads(proc.stdout)
+        assert [(r["prompt_tokens"], r["new_tokens"]) for r in rep["rows"]] == [(16, 8), (32, 8)]
+        assert all(r["backend"] == "onnxruntime-genai" and r["decode_tokens_per_s"] > 0 for r in rep["rows"])
+        assert rep["machine"]["docker_host"] == ssh_host and rep["machine"]["target"] == "x86"
+        assert json.loads(out.read_text())["rows"] == rep["rows"]
     finally:
         try:
             client.containers.get(name).remove(force=True)

@@ -510,8 +510,8 @@ def bench(
     from ..bench.report import check_report_paths, rich_table, write_outputs
 
     lm_opts = prompt_lengths is not None or new_tokens is not None
-    if lm_opts and (docker_host or url):
-        raise ConfigError("--prompt-lengths and --new-tokens are for language-model artifacts, not --url or --docker-host")
+    if lm_opts and url:
+        raise ConfigError("--prompt-lengths and --new-tokens are for language-model artifacts, not --url")
     if docker_host:
         if url or not artifacts or len(artifacts) != 1:
             raise ConfigError("--docker-host takes one image or bundle to benchmark on the device (and no --url)")
@@ -521,17 +521,32 @@ def bench(
         if seq_len != "auto" and not seq_len.isdigit():
             raise ConfigError(f"--seq-len '{seq_len}': give 'auto' or a positive integer")
         _parse_ints(batch_sizes, "--batch-sizes")
-        args = ["--batch-sizes", batch_sizes, "--seq-len", seq_len, *(["--runs", str(runs)] if runs is not None else []),
-                *(["--warmup", str(warmup)] if warmup is not None else []), *(["--threads", str(threads)] if threads else [])]
+        common = [*(["--runs", str(runs)] if runs is not None else []), *(["--warmup", str(warmup)] if warmup is not None else []),
+                  *(["--threads", str(threads)] if threads else [])]
+        args = ["--batch-sizes", batch_sizes, "--seq-len", seq_len, *common]
+        lm_args = [*(["--prompt-lengths", ",".join(map(str, _parse_ints(prompt_lengths, "--prompt-lengths")))]
+                     if prompt_lengths is not None else []),
+                   *(["--new-tokens", str(new_tokens)] if new_tokens is not None else []), *common]
+        if lm_opts and (batch_sizes != "1,8" or seq_len != "auto"):
+            raise ConfigError("--batch-sizes and --seq-len are not for language models; give --prompt-lengths and --new-tokens")
         status = _status_printer(as_json)
-        rep = remote_bench(artifacts[0], docker_host, args, data=data, on_status=status)
-        written = write_outputs(rep, json_out, report)
+        rep = remote_bench(artifacts[0], docker_host, args, data=data, on_status=status,
+                           lm_args=lm_args, require_lm=lm_opts)
+        from ..bench.llm import LLMBenchReport
+
+        if isinstance(rep, LLMBenchReport):
+            from ..bench.llm import rich_table as llm_table
+            from ..bench.llm import write_outputs as llm_outputs
+
+            written, table = llm_outputs(rep, json_out, report), llm_table
+        else:
+            written, table = write_outputs(rep, json_out, report), rich_table
         if as_json:
             return _emit({**rep.model_dump(mode="json"), "written": {k: str(v) for k, v in written.items()}})
         mach = rep.machine
         where = ", ".join(str(x) for x in (mach.get("board"), mach.get("cpu"), f"{mach.get('cores')} cores",
                                             f"L4T {mach['l4t']}" if mach.get("l4t") else None) if x)
-        console.print(rich_table(rep, title=f"edgeopt bench on {docker_host} ({where})"))
+        console.print(table(rep, title=f"edgeopt bench on {docker_host} ({where})"))
         for kind, path in written.items():
             console.print(f"{kind}: {_p(path)}")
         return

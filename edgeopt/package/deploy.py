@@ -207,19 +207,35 @@ def _wait_ready(c, container_port: int, wait_s: float) -> bool:
 # On-device benchmark
 
 def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str] = None, timeout_s: float = 1800,
-                 on_status: Callable[[str], None] = lambda s: None):
+                 on_status: Callable[[str], None] = lambda s: None, lm_args: Optional[list[str]] = None,
+                 require_lm: bool = False):
     """Run `edgeopt bench /opt/model --json ARGS` in the image on the device's engine; the report,
-    its machine labelled with the device (CPU, cores, board, L4T release)."""
+    its machine labelled with the device (CPU, cores, board, L4T release). A language model's image runs
+    ``lm_args`` instead (time to first token and decode tokens/s, edgeopt.bench.llm); ``require_lm``
+    (language-model options were given) refuses another model's image."""
+    task = _image_task(ref)
+    if require_lm and task not in (None, "text-generation"):
+        raise ConfigError(f"--prompt-lengths and --new-tokens are for language models; {ref} serves a {task} model")
     payload = None
     if data:  # a bad file or the wrong kind of data fails here, before anything is shipped
-        payload, name = _data_archive(data, _image_task(ref))
+        payload, name = _data_archive(data, task)
     sh = _ship_to(ref, docker_host, on_status)
     tag, labels, target = sh.tag, sh.labels, sh.labels.get("io.edgeopt.target")
-    cmd = ["/opt/model", *args]
+    lm = labels.get("io.edgeopt.task") == "text-generation"
+    if require_lm and not lm:
+        raise ConfigError(f"--prompt-lengths and --new-tokens are for language models; {tag} serves a "
+                          f"{labels.get('io.edgeopt.task', 'non-language')} model")
+    cmd = ["/opt/model", *((lm_args or []) if lm else args)]
     if payload is not None:
         cmd += ["--data", f"/tmp/edgeopt-data/{name}"]
     on_status(f"benchmarking {tag} on {docker_host}")
-    report = bench_in_container(sh, cmd, [payload] if payload is not None else [], docker_host, timeout_s)
+    if lm:
+        from ..bench.llm import LLMBenchReport
+
+        report = bench_in_container(sh, cmd, [payload] if payload is not None else [], docker_host, timeout_s,
+                                    report_type=LLMBenchReport)
+    else:
+        report = bench_in_container(sh, cmd, [payload] if payload is not None else [], docker_host, timeout_s)
     report.machine.update({"docker_host": docker_host, "image": tag, "target": target})
     title = labels.get("org.opencontainers.image.title")
     for row in report.rows:  # the image holds the model as /opt/model: name it as packaged
@@ -227,13 +243,17 @@ def remote_bench(ref: str, docker_host: str, args: list[str], data: Optional[str
     return report
 
 
-def bench_in_container(sh: _Shipped, args: list[str], archives: list[bytes], docker_host: str, timeout_s: float = 1800):
+def bench_in_container(sh: _Shipped, args: list[str], archives: list[bytes], docker_host: str, timeout_s: float = 1800,
+                       report_type=None):
     """`edgeopt bench ARGS --json` in a fresh container of the shipped image, with ``archives`` (tars)
     unpacked into its /tmp and the host's /etc and /sys/firmware mounted read-only (the board and L4T
-    release in the report); the container is removed. The report, or a StageError saying why not."""
+    release in the report); the container is removed. The report (a ``report_type``, default BenchReport),
+    or a StageError saying why not."""
     import docker
 
     from ..bench.core import BenchReport
+
+    report_type = report_type or BenchReport
 
     mounts = [docker.types.Mount("/host/etc", "/etc", type="bind", read_only=True),
               docker.types.Mount("/host/sys/firmware", "/sys/firmware", type="bind", read_only=True)]
@@ -263,7 +283,7 @@ def bench_in_container(sh: _Shipped, args: list[str], archives: list[bytes], doc
     except ValueError as e:
         raise StageError(f"the benchmark on {docker_host} printed no JSON report") from e
     doc.pop("written", None)
-    return BenchReport.model_validate(doc)
+    return report_type.model_validate(doc)
 
 
 def _image_task(ref: str) -> Optional[str]:
