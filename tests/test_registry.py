@@ -89,3 +89,15 @@ def test_a_recipe_checks_data_extras_before_the_first_stage(monkeypatch, tmp_pat
                                                      r"dataset \(stage int8\)\); install with: pip install 'edgeopt\[demo\]'"):
         run_recipe(r)
     assert not (tmp_path / "w").exists()
+
+
+def test_every_subpackage_is_in_the_distribution():
+    """pyproject.toml lists packages by hand: a subpackage missing there installs from a checkout
+    (editable) but not from a wheel (`pip install edgeopt`), so its commands fail with an ImportError."""
+    import tomllib
+
+    from _support import REPO
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "edgeopt").rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
