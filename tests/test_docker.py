@@ -98,6 +98,14 @@ def _same_predictions(got: dict, want: dict, atol: float) -> None:
     np.testing.assert_allclose(g, w, atol=atol, rtol=0)
 
 
+def _package_built(art, target: str, out: Path, base: str, tag: str, timeout: float = 1200) -> dict:
+    """`edgeopt package ART --target T --build` on the local engine; its bundle.json."""
+    proc = cli("package", art, "--target", target, "-o", out, "--base-image", base, "--build", "--tag", tag, "--json",
+               timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 BODY = {"inputs": ["red running shoes for trail", "stainless steel kitchen knife", "a cotton t-shirt"], "top_k": 3}
 
 
@@ -106,10 +114,7 @@ def x86_bundle(client, cls_onnx, tmp_path_factory):
     base = _base(client, AMD64_BASES, "amd64")
     out = tmp_path_factory.mktemp("docker") / "bundle-x86"
     tag = f"edgeopt-test/cls:x86-{os.getpid()}"
-    proc = cli("package", cls_onnx.path, "--target", "x86", "-o", out, "--base-image", base, "--build", "--tag", tag,
-               "--json", timeout=1200)
-    assert proc.returncode == 0, proc.stderr
-    yield json.loads(proc.stdout)
+    yield _package_built(cls_onnx.path, "x86", out, base, tag)
     try:
         client.images.remove(tag, force=True)
     except Exception:
@@ -163,10 +168,7 @@ def test_x86_image_of_an_openvino_artifact(client, emb_onnx, text_jsonl, tmp_pat
                             eval_samples=16)
     base = _base(client, AMD64_BASES, "amd64")
     tag = f"edgeopt-test/ov:x86-{os.getpid()}"
-    proc = cli("package", art, "--target", "x86", "-o", tmp_path / "b", "--base-image", base, "--build", "--tag", tag,
-               "--json", timeout=1200)
-    assert proc.returncode == 0, proc.stderr
-    b = json.loads(proc.stdout)
+    b = _package_built(art, "x86", tmp_path / "b", base, tag)
     assert b["checks"]["runtime"] == "openvino" and any(p.lower().startswith("openvino") for p in b["packages"])
     port = _free_port()
     c = client.containers.run(tag, detach=True, ports={"8000/tcp": ("127.0.0.1", port)})
@@ -328,10 +330,7 @@ def test_rpi5_image_builds_and_runs_under_qemu(client, cls_onnx, tmp_path, ssh_h
         pytest.skip("no qemu-aarch64 binfmt handler (install qemu-user-static >= 8 from bookworm-backports; CI: .ci/setup-docker)")
     base = _base(client, ARM64_BASES, "arm64")
     tag = f"edgeopt-test/cls:rpi5-{os.getpid()}"
-    proc = cli("package", cls_onnx.path, "--target", "rpi5", "-o", tmp_path / "b", "--base-image", base, "--build",
-               "--tag", tag, "--json", timeout=1800)
-    assert proc.returncode == 0, proc.stderr
-    b = json.loads(proc.stdout)
+    b = _package_built(cls_onnx.path, "rpi5", tmp_path / "b", base, tag, timeout=1800)
     assert b["platform"] == "linux/arm64" and b["image"]["architecture"] == "arm64"
     assert any(w.endswith("aarch64.whl") for w in b["files"] if w.startswith("wheels/onnxruntime-"))
     port = _free_port()
@@ -422,10 +421,7 @@ def _check_lm_image(client, tag: str, lm: Path, platform: str, env: dict, ready_
 def test_x86_image_of_an_int4_language_model(client, lm_int4, tmp_path, ssh_host):
     base = _base(client, AMD64_BASES, "amd64")
     tag = f"edgeopt-test/lm:x86-{os.getpid()}"
-    proc = cli("package", lm_int4, "--target", "x86", "-o", tmp_path / "b", "--base-image", base, "--build", "--tag", tag,
-               "--json", timeout=1200)
-    assert proc.returncode == 0, proc.stderr
-    b = json.loads(proc.stdout)
+    b = _package_built(lm_int4, "x86", tmp_path / "b", base, tag)
     assert b["model"]["task"] == "text-generation" and b["model"]["format"] == "genai"
     assert {"onnxruntime-genai", "jinja2", "onnxruntime", "tokenizers"} <= set(b["packages"])
     assert not {"torch", "transformers", "pillow", "onnx-ir"} & set(b["packages"])
@@ -464,10 +460,7 @@ def test_rpi5_image_of_an_int4_language_model_under_qemu(client, lm_int4, tmp_pa
         pytest.skip("no qemu-aarch64 binfmt handler (install qemu-user-static >= 8 from bookworm-backports; CI: .ci/setup-docker)")
     base = _base(client, ARM64_BASES, "arm64")
     tag = f"edgeopt-test/lm:rpi5-{os.getpid()}"
-    proc = cli("package", lm_int4, "--target", "rpi5", "-o", tmp_path / "b", "--base-image", base, "--build", "--tag", tag,
-               "--json", timeout=1800)
-    assert proc.returncode == 0, proc.stderr
-    b = json.loads(proc.stdout)
+    b = _package_built(lm_int4, "rpi5", tmp_path / "b", base, tag, timeout=1800)
     assert b["image"]["architecture"] == "arm64"
     assert any(w.startswith("wheels/onnxruntime_genai-") and w.endswith("aarch64.whl") for w in b["files"])
     _check_lm_image(client, tag, lm_int4, "linux/arm64", {"QEMU_CPU": "cortex-a76"}, 600)
