@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -144,7 +143,6 @@ class LMTokenizer:
                              if "bos_token" in self.special_tokens_map else None)
         self.pad_token_id = self._text.pad_token_id
         self.truncation_side = self._text.truncation_side
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._tk.get_vocab_size(with_added_tokens=True)
