@@ -3,7 +3,10 @@
 
 1. a byte-level BPE tokenizer on the shop's product descriptions (../product-classifier/data);
 2. ``base/``: a small Llama-architecture language model (about 4 M parameters) that writes a product
-   description after its category, e.g. ``books: `` -> ``The Little Hour by ...``;
+   description after its category, e.g. ``books: `` -> ``The Little Hour by ...``. Its last quarter of
+   steps (``--qat-steps``) is int4-aware: the forward pass sees every Linear weight and the embeddings
+   fake-quantized as the recipe's int4 RTN stage will quantize them (blocks of 32, symmetric), and the
+   saved float32 weights end on that grid, so int4 reproduces the base's weights exactly;
 3. ``books-style/``: a LoRA adapter (PEFT) that teaches it the bookshop's house style: every books
    description starts with "Staff pick!" and ends with "Gift wrapping available.";
 4. ``heldout.txt`` (validation descriptions, for perplexity) and ``prompts.txt`` (test prompts: a
@@ -69,7 +72,43 @@ def batches(tok, texts: list[str], block: int, batch: int, rng: random.Random):
             yield torch.tensor(chunks[i:i + batch])
 
 
-def train(model, tok, texts: list[str], steps: int, lr: float, params, seed: int, label: str) -> float:
+def int4_grid(w, block: int = 32):
+    """``w`` rounded to the int4 grid that ONNX Runtime's MatMulNBits RTN quantizer (symmetric, blocks of
+    ``block`` along the input dimension) puts it on: per block, scale = the value of largest magnitude / -8,
+    codes round(w / scale) clipped to [-8, 7]. Weights already on that grid quantize back to themselves."""
+    import torch
+
+    rows, cols = w.shape
+    b = w.reshape(rows, cols // block, block)
+    hi, lo = b.amax(-1, keepdim=True), b.amin(-1, keepdim=True)
+    scale = torch.where(hi.abs() > lo.abs(), hi, lo) / -8.0
+    q = torch.where(scale == 0, torch.zeros_like(b), b / scale).round().clamp(-8, 7)
+    return (q * scale).reshape(rows, cols)
+
+
+def int4_aware(model, on: bool, block: int = 32) -> None:
+    """Quantization-aware phase: ``on`` makes every Linear weight (the output head included) and the
+    token embeddings go through int4 fake quantization in the forward pass; ``on=False`` ends it and
+    leaves each weight at its int4 grid value, as plain float32 tensors (the checkpoint stays an
+    ordinary float model; int4 RTN of it then reproduces those weights)."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    class FakeQuant(torch.nn.Module):  # forward: the weight on its int4 grid; backward: straight through
+        def forward(self, w):
+            return w + (int4_grid(w, block) - w).detach()
+
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)) and mod.weight.shape[-1] % block == 0:
+            if on and not parametrize.is_parametrized(mod, "weight"):
+                parametrize.register_parametrization(mod, "weight", FakeQuant())
+            elif not on and parametrize.is_parametrized(mod, "weight"):
+                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+
+
+def train(model, tok, texts: list[str], steps: int, lr: float, params, seed: int, label: str,
+          qat_steps: int = 0) -> float:
+    """AdamW, warm-up then cosine decay; the last ``qat_steps`` steps are int4-aware (see int4_aware)."""
     import torch
 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -78,6 +117,9 @@ def train(model, tok, texts: list[str], steps: int, lr: float, params, seed: int
     model.train()
     t0, loss = time.time(), float("nan")
     for step in range(steps):
+        if qat_steps and step == steps - qat_steps:
+            int4_aware(model, True)
+            print(f"  {label}: int4-aware for the last {qat_steps} steps", flush=True)
         x = next(data)
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -87,6 +129,8 @@ def train(model, tok, texts: list[str], steps: int, lr: float, params, seed: int
         opt.zero_grad()
         if step % 100 == 0 or step == steps - 1:
             print(f"  {label} step {step + 1}/{steps}: loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+    if qat_steps:
+        int4_aware(model, False)
     model.eval()
     return float(loss.item())
 
@@ -95,6 +139,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE / "models")
     ap.add_argument("--steps", type=int, default=1200, help="base model training steps")
+    ap.add_argument("--qat-steps", type=int, default=None,
+                    help="the last base steps int4-aware, ending on the int4 grid (default: a quarter of --steps; 0: none)")
     ap.add_argument("--lora-steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -128,7 +174,8 @@ def main() -> None:
     model = transformers.LlamaForCausalLM(config)
     n = sum(p.numel() for p in model.parameters())
     print(f"base model: Llama, {n / 1e6:.1f} M parameters, trained from scratch on {len(texts)} descriptions")
-    train(model, tok, texts, args.steps, 3e-3, list(model.parameters()), args.seed, "base")
+    train(model, tok, texts, args.steps, 3e-3, list(model.parameters()), args.seed, "base",
+          qat_steps=args.steps // 4 if args.qat_steps is None else min(args.qat_steps, args.steps))
     model.generation_config = transformers.GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model.save_pretrained(base)
 
