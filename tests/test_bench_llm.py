@@ -109,3 +109,12 @@ def test_language_models_and_other_models_do_not_mix(llama, tiny_text_classifier
         bench([llama], BenchConfig(batch_sizes=[1]))
     with pytest.raises(ConfigError, match="for language models"):
         bench([tiny_text_classifier], BenchConfig(new_tokens=4))
+
+
+def test_bad_language_model_options_for_a_device_bench_stop_before_any_docker_work(tmp_path):
+    """bench --docker-host checks --prompt-lengths / --new-tokens here, before it connects or ships anything."""
+    for args, want in ((["--prompt-lengths", "0"], "--prompt-lengths"), (["--new-tokens", "1"], "--new-tokens"),
+                       (["--prompt-lengths", "16", "--seq-len", "32"], "--seq-len")):
+        line = assert_clean_failure(cli("bench", tmp_path / "no-bundle", "--docker-host", "ssh://nobody@192.0.2.1", *args),
+                                    codes=(2,))
+        assert want in line and "192.0.2.1" not in line

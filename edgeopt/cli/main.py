@@ -524,11 +524,14 @@ def bench(
         common = [*(["--runs", str(runs)] if runs is not None else []), *(["--warmup", str(warmup)] if warmup is not None else []),
                   *(["--threads", str(threads)] if threads else [])]
         args = ["--batch-sizes", batch_sizes, "--seq-len", seq_len, *common]
-        lm_args = [*(["--prompt-lengths", ",".join(map(str, _parse_ints(prompt_lengths, "--prompt-lengths")))]
-                     if prompt_lengths is not None else []),
-                   *(["--new-tokens", str(new_tokens)] if new_tokens is not None else []), *common]
         if lm_opts and (batch_sizes != "1,8" or seq_len != "auto"):
             raise ConfigError("--batch-sizes and --seq-len are not for language models; give --prompt-lengths and --new-tokens")
+        from ..bench.llm import LLMBenchConfig
+
+        lm_cfg = make_config(LLMBenchConfig, new_tokens=new_tokens,  # checked here, before anything is shipped
+                             prompt_lengths=None if prompt_lengths is None else _parse_ints(prompt_lengths, "--prompt-lengths"))
+        lm_args = [*(["--prompt-lengths", ",".join(map(str, lm_cfg.prompt_lengths))] if prompt_lengths is not None else []),
+                   *(["--new-tokens", str(new_tokens)] if new_tokens is not None else []), *common]
         status = _status_printer(as_json)
         rep = remote_bench(artifacts[0], docker_host, args, data=data, on_status=status,
                            lm_args=lm_args, require_lm=lm_opts)
