@@ -215,6 +215,9 @@ def _data_digest(cfg: BaseModel) -> dict:
         v = getattr(cfg, k, None)
         if isinstance(v, str) and Path(v).is_file():
             d[k] = sha256_file(Path(v))
+        elif isinstance(v, str) and Path(v).is_dir():  # an adapter or data folder: every file in it
+            root = Path(v)
+            d[k] = {str(f.relative_to(root)): sha256_file(f) for f in sorted(root.rglob("*")) if f.is_file()}
     return d
 
 

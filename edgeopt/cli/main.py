@@ -52,6 +52,7 @@ def _target_choices() -> type[Enum]:
 Ptq = _choices("Ptq", ["dynamic", "static"])
 Weights = _choices("Weights", ["int4", "int8"])
 WeightAlgo = _choices("WeightAlgo", ["rtn", "hqq", "gptq"])
+AdapterWeights = _choices("AdapterWeights", ["int8", "int4", "float"])
 Method = _choices("Method", ["minmax", "entropy", "percentile"])
 Exporter = _choices("Exporter", ["torchscript", "dynamo"])
 Structured = _choices("Structured", ["heads", "neurons", "channels"])
@@ -155,6 +156,9 @@ def export(
     data: DataOpt = None,
     target: Annotated[Optional[Target], typer.Option("--target", "-t", help="Export for this target: its opset, dtype and "
                       "the fusions its runtime has (TensorRT targets: standard ONNX ops only); the graph is checked to run there.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="Language models: a LoRA adapter folder (PEFT) kept unmerged, as a "
+                       "float side branch of each projection, checked against the PEFT model; `quantize --weights int4` "
+                       "then keeps it int8 instead of rounding it into the base's int4 weights.")] = None,
     as_json: JsonOpt = False,
 ):
     """Export a PyTorch / HF model to ONNX, optimize it and check it against PyTorch."""
@@ -162,7 +166,7 @@ def export(
     from ..stages.export import export as run
 
     cfg = make_config(ExportConfig, opset=opset, batch_axis=batch_axis, atol=atol, rtol=rtol, exporter=_v(exporter),
-                      optimize=optimize, check_data=data, task=_v(task), dtype=_v(dtype), target=_v(target))
+                      optimize=optimize, check_data=data, task=_v(task), dtype=_v(dtype), target=_v(target), adapter=adapter)
     art = run(_model_path(model), output, cfg)
     if as_json:
         return _emit(artifact_summary(art))
@@ -171,8 +175,11 @@ def export(
         c = m.metrics["check"]
         console.print(f"[green]exported[/green] {_p(art.path)} (ONNX Runtime GenAI {m.model.builder.get('version')}, "
                       f"{m.model.family}, KV cache, context {m.model.context})")
+        ad = m.model.adapter
+        if ad:
+            console.print(f"  LoRA adapter {_p(ad['path'])} kept unmerged (rank {ad['r']}, {', '.join(ad['modules'])})")
         console.print(f"  prefill logits: max abs err {c['prefill_max_abs_err']:.2e}; greedy tokens identical to PyTorch "
-                      f"for {c['tokens']} steps on {c['prompts']} prompts")
+                      f"{'(the PEFT model) ' if ad else ''}for {c['tokens']} steps on {c['prompts']} prompts")
         return None
     checks = m.metrics["numeric_check"]["outputs"]
     console.print(f"[green]exported[/green] {_p(art.path)} ({m.metrics['size_bytes'] / 1e6:.1f} MB, "
@@ -213,6 +220,8 @@ def quantize(
     embeddings: Annotated[Optional[bool], typer.Option("--embeddings/--no-embeddings", help="With --weights int4: quantize "
                                                        "the token embeddings too (default: yes).")] = None,
     lm_head: Annotated[bool, typer.Option("--lm-head/--no-lm-head", help="With --weights: quantize the output head (default: yes).")] = True,
+    adapter_weights: Annotated[Optional[AdapterWeights], typer.Option(help="With --weights, of an export with an unmerged LoRA "
+                               "(export --adapter): its factors' weights, quantized apart from the base (default int8).")] = None,
     max_perplexity_increase: Annotated[Optional[float], typer.Option(help="With --weights: fail if perplexity on --eval-data "
                                                                      "rises more than this fraction (0.05 = 5 %).")] = None,
     min_agreement: Annotated[Optional[float], typer.Option(help="With --weights: fail if the top-1 next token agrees with the "
@@ -227,10 +236,12 @@ def quantize(
     parent = load_artifact(_model_path(model))
     lm_opts = {"--algorithm": algorithm, "--block-size": block_size, "--accuracy-level": accuracy_level,
                "--embeddings": embeddings, "--no-lm-head": None if lm_head else False,
-               "--max-perplexity-increase": max_perplexity_increase, "--min-agreement": min_agreement}
+               "--max-perplexity-increase": max_perplexity_increase, "--min-agreement": min_agreement,
+               "--adapter-weights": _v(adapter_weights)}
     if weights or parent.manifest.task == "text-generation":
         return _quantize_weights(parent, output, weights, algorithm, block_size, accuracy_level, embeddings, lm_head,
                                  max_perplexity_increase, min_agreement, calib, calib_samples, eval_data, exclude_nodes,
+                                 _v(adapter_weights),
                                  others={"--ptq": ptq, "--qat": qat or None, "--target": target, "--data": data,
                                          "--max-accuracy-drop": max_accuracy_drop, "--exclude-op-types": exclude_op_types,
                                          "--per-tensor": None if per_channel else False},
@@ -284,7 +295,7 @@ def quantize(
 
 def _quantize_weights(parent, output, weights, algorithm, block_size, accuracy_level, embeddings, lm_head,
                       max_perplexity_increase, min_agreement, calib, calib_samples, eval_data, exclude_nodes,
-                      others: dict, as_json: bool):
+                      adapter_weights, others: dict, as_json: bool):
     from ..llm.quantize import WeightQuantizeConfig, quantize_weights
 
     if parent.manifest.task != "text-generation":
@@ -296,7 +307,8 @@ def _quantize_weights(parent, output, weights, algorithm, block_size, accuracy_l
     if given:
         raise ConfigError(f"{given[0]} does not apply to --weights (weight-only quantization of a language model)")
     kw = {k: v for k, v in dict(algorithm=algorithm, block_size=block_size, accuracy_level=accuracy_level,
-                                embeddings=embeddings, calib_samples=calib_samples).items() if v is not None}
+                                embeddings=embeddings, calib_samples=calib_samples,
+                                adapter_weights=adapter_weights).items() if v is not None}
     cfg = make_config(WeightQuantizeConfig, weights=weights, lm_head=lm_head, calib=calib, eval_data=eval_data,
                       max_perplexity_increase=max_perplexity_increase, min_agreement=min_agreement,
                       exclude_nodes=_names(exclude_nodes, "--exclude-nodes") if exclude_nodes else [], **kw)
@@ -308,6 +320,11 @@ def _quantize_weights(parent, output, weights, algorithm, block_size, accuracy_l
     console.print(f"[green]quantized[/green] {_p(art.path)}: {q['weights']} weights ({q['algorithm']}, block {q['block_size']}, "
                   f"accuracy level {q['accuracy_level']}; embeddings {q['embeddings']}, lm_head {q['lm_head']}), "
                   f"{m.metrics['size_bytes'] / 1e6:.1f} MB ({m.metrics['size_ratio']:.1f}x smaller)")
+    if q.get("adapter"):
+        a = q["adapter"]
+        console.print(f"  unmerged LoRA ({a['params'] / 1e3:.0f} k parameters): "
+                      + (f"its {a['matmuls']} MatMuls {a['weights']} (blocks of {', '.join(map(str, a['block_sizes']))})"
+                         if a["quantized"] else f"its {a['matmuls']} MatMuls kept float"))
     console.print(f"  on {ev['tokens']} tokens of {_p(ev['data'])}: perplexity {ev['parent_perplexity']:.3f} -> "
                   f"{ev['perplexity']:.3f} ({ev['perplexity_increase']:+.1%}), top-1 agreement {ev['top1_agreement']:.1%}, "
                   f"greedy {ev['greedy_tokens']} tokens identical on {ev['greedy_identical']:.0%} of {ev['greedy_prompts']} prompts")

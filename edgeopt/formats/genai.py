@@ -20,6 +20,7 @@ class GenaiModel(ModelInfo):
     builder: dict[str, Any] = {}  # what wrote it: onnxruntime-genai version, precision, execution provider
     quantization: Optional[dict[str, Any]] = None  # int4: algorithm, block size, accuracy level
     eos_token_ids: list[int] = []  # end-of-sequence ids (config.json and generation_config.json)
+    adapter: Optional[dict[str, Any]] = None  # export --adapter: the LoRA kept unmerged (path, rank, modules)
 
 
 class GenaiHandler(FormatHandler):
@@ -54,4 +55,8 @@ class GenaiHandler(FormatHandler):
         if info.quantization:
             q = info.quantization
             out["quantization"] = f"{q.get('weights')} weights, {q.get('algorithm')}, block {q.get('block_size')}"
+        if info.adapter:
+            a = info.adapter
+            out["adapter"] = (f"LoRA rank {a.get('r')} unmerged ({', '.join(a.get('modules') or [])}), "
+                              f"{(info.quantization or {}).get('adapter_weights', 'float')}")
         return {k: v for k, v in out.items() if v is not None}

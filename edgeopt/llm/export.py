@@ -11,9 +11,18 @@ decoder with a flat KV cache (benchmarks/llm_exporters.py): both give PyTorch's 
 builder's graph (fused GroupQueryAttention, the cache layout its generator preallocates) decodes faster,
 so it is the one used, and the manifest records it. Its limits are its own: a family or config it cannot
 build is reported as such (one line).
+
+``--adapter LORA``: the LoRA adapter is not merged but kept as a float side branch of each projection it
+adapts (``y = W x + B (A x)``: the builder's ``lora_A``/``lora_B`` MatMuls), and the check runs against
+the PEFT model (base plus adapter). ``quantize --weights int4`` then rounds the base weights to int4 and
+the small adapter factors to int8 (``--adapter-weights``), so the adapter's update is not lost in the
+base's int4 rounding: a LoRA delta is typically a fraction of one int4 step of the weight it adapts, and
+merged into it most of it rounds away (benchmarks/RESULTS.md). It suits QLoRA adapters best, which were
+trained against a quantized base in the first place.
 """
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import tempfile
@@ -23,7 +32,7 @@ from typing import Union
 import numpy as np
 
 from ..artifact import Artifact, finalize, load_artifact, write_artifact
-from ..errors import StageError, ValidationError
+from ..errors import ConfigError, StageError, ValidationError
 
 CHECK_TOKENS = 16
 PROMPTS = ["Wireless noise-cancelling headphones with 30 hours of battery life.",
@@ -45,6 +54,34 @@ def _prompts(cfg) -> list[str]:
     return read_texts(cfg.check_data, cfg.check_samples)[0]
 
 
+# the projections ONNX Runtime GenAI's builder keeps a LoRA branch on (its make_matmul_lora), per family
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj")
+
+
+def read_lora(adapter: Union[str, Path]) -> tuple[Path, dict, dict]:
+    """The adapter folder, its config and weight shapes; refused in one line unless the builder can keep it
+    unmerged (plain LoRA on the attention and MLP projections)."""
+    from ..stages.merge import _read_adapter
+
+    path = Path(adapter).expanduser()
+    acfg, shapes = _read_adapter(path)
+    ptype = str(acfg.get("peft_type", "")).upper()
+    fix = "merge it (`edgeopt merge`) and export the merged model"
+    if ptype != "LORA":
+        raise ConfigError(f"{path}: a {ptype} adapter cannot be kept unmerged (only LoRA can); {fix}")
+    task_type = str(acfg.get("task_type") or "").upper()
+    if task_type and task_type != "CAUSAL_LM":
+        raise ConfigError(f"{path}: a {task_type} adapter does not fit a language model; it needs a CAUSAL_LM adapter")
+    for key, why in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save")):
+        if acfg.get(key):
+            raise ConfigError(f"{path}: {why} cannot be kept unmerged by ONNX Runtime GenAI's builder; {fix}")
+    others = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in shapes if ".lora_" in k} - set(LORA_MODULES))
+    if others or any(".lora_" not in k for k in shapes):
+        what = f"adapts {', '.join(others)}" if others else "saves whole modules"
+        raise ConfigError(f"{path}: the adapter {what}; an unmerged LoRA can only adapt {', '.join(LORA_MODULES)}: {fix}")
+    return path, acfg, shapes
+
+
 def build(src: Path, dst: Path, precision: str = "fp32", extra: Union[dict, None] = None) -> None:
     """Run the model builder on a checkpoint folder into ``dst`` (a subprocess: it is a CLI)."""
     with tempfile.TemporaryDirectory(prefix="edgeopt-genai-cache-") as cache:
@@ -60,12 +97,14 @@ def build(src: Path, dst: Path, precision: str = "fp32", extra: Union[dict, None
         raise StageError(f"ONNX Runtime GenAI's model builder {_builder_version()} cannot build {src} ({last[:300]})")
 
 
-def check(parent: Artifact, child: Artifact, prompts: list[str], atol: float, rtol: float,
+def check(parent, child: Artifact, prompts: list[str], atol: float, rtol: float,
           tokens: int = CHECK_TOKENS) -> dict:
-    """Prefill logits and greedy decode of ``child`` against ``parent`` (PyTorch), per prompt."""
-    from .generate import GenerateConfig, load_generator
+    """Prefill logits and greedy decode of ``child`` against ``parent`` (PyTorch: an artifact or its loaded
+    generator), per prompt."""
+    from .generate import GenerateConfig, Generator, load_generator
 
-    ref, got = load_generator(parent), load_generator(child)
+    ref = parent if isinstance(parent, Generator) else load_generator(parent)
+    got = load_generator(child)
     rows, bad = [], []
     for p in prompts:
         _, ids = ref.prompt_ids(p, False)
@@ -96,12 +135,27 @@ def export_lm(parent: Artifact, out, cfg) -> Artifact:
 
     require("llm", purpose="exporting language models (ONNX Runtime GenAI's model builder)")
     require("train", purpose="checking the export against PyTorch", modules=("torch", "transformers"))
+    from .generate import TorchGenerator
+
     pm = parent.manifest
     config = load_config(parent.path)
     family = check_family(config, parent.path)
     eos = getattr(config, "eos_token_id", None)
+    adapter = None
+    if cfg.adapter:
+        path, acfg, shapes = read_lora(cfg.adapter)
+        if path.resolve().is_relative_to(parent.path.resolve()):
+            raise ConfigError(f"--adapter {cfg.adapter}: lies inside the model folder {parent.path}; give the base "
+                              "checkpoint and the adapter folder separately")
+        adapter = {"path": str(path.resolve()), "peft_type": "LORA", "r": acfg.get("r"), "lora_alpha": acfg.get("lora_alpha"),
+                   "use_rslora": bool(acfg.get("use_rslora")), "base_model_name_or_path": acfg.get("base_model_name_or_path"),
+                   "modules": sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in shapes}),
+                   "params": int(sum(math.prod(s) for s in shapes.values())), "form": "unmerged: float lora_A/lora_B MatMuls",
+                   "config": acfg}
+    # the reference first: it checks that the adapter fits the base (which modules differ), before any build
+    ref = TorchGenerator(parent, adapter=Path(adapter["path"]) if adapter else None)
     with write_artifact(out, parent, cfg) as tmp:
-        build(parent.path, tmp, "fp32")
+        build(parent.path, tmp, "fp32", {"adapter_path": adapter["path"]} if adapter else None)
         model = {"format": "genai", "file": "model.onnx", "precision": "fp32", "family": family,
                  "context": int(pm.model.model_extra.get("context") or getattr(config, "max_position_embeddings", 0) or 0) or None,
                  "builder": {"tool": "onnxruntime-genai model builder", "version": _builder_version(), "precision": "fp32",
@@ -110,8 +164,13 @@ def export_lm(parent: Artifact, out, cfg) -> Artifact:
                              "chosen_over": "torch.onnx export with a flat KV cache (benchmarks/llm_exporters.py: "
                                             "same greedy tokens, builder decodes faster; benchmarks/RESULTS.md)"},
                  "eos_token_ids": [eos] if isinstance(eos, int) else list(eos or [])}
+        if adapter:
+            model["adapter"] = adapter
         manifest = pm.child(stage="export", config=cfg.model_dump(), format="genai", model=model)
         child = Artifact(tmp, manifest)
-        manifest.metrics = {"check": check(parent, child, _prompts(cfg), cfg.atol, cfg.rtol)}
+        rec = check(ref, child, _prompts(cfg), cfg.atol, cfg.rtol)
+        if adapter:
+            rec["against"] = "peft model (float32 base + adapter, unmerged)"
+        manifest.metrics = {"check": rec}
         manifest = finalize(tmp, manifest)
     return load_artifact(Path(out).expanduser().resolve())

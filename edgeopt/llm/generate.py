@@ -164,11 +164,12 @@ class Generation:
 
 
 class TorchGenerator(Generator):
-    """A Hugging Face causal LM and its tokenizer, loaded once (float32, eval)."""
+    """A Hugging Face causal LM and its tokenizer, loaded once (float32, eval); with ``adapter``, a LoRA
+    adapter folder applied on top, unmerged (the PEFT model)."""
 
     backend = "pytorch"
 
-    def __init__(self, artifact: Artifact, threads: Optional[int] = None):
+    def __init__(self, artifact: Artifact, threads: Optional[int] = None, adapter: Optional[Path] = None):
         import torch
         import transformers
 
@@ -185,6 +186,8 @@ class TorchGenerator(Generator):
             self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32).eval()
         except Exception as e:
             raise InputError(_load_failure(folder, config, e)) from e
+        if adapter is not None:
+            self.model = _with_adapter(self.model, adapter, folder)
         self.tok = load_tokenizer(artifact)
         self.context = int(getattr(config, "max_position_embeddings", 0) or 0) or None
         self.eos = _eos_ids(self.model, self.tok)
@@ -203,6 +206,19 @@ class TorchGenerator(Generator):
 
     def step(self, state: dict, token: int) -> np.ndarray:
         return self._run([token], state)
+
+
+def _with_adapter(model, adapter: Path, base: Path):
+    from ..errors import ConfigError
+    from ..stages._torch_common import import_peft
+    from ..stages.merge import _check_fits, _read_adapter
+
+    _, shapes = _read_adapter(adapter)
+    _check_fits(model, shapes, adapter)  # names the modules that differ
+    try:
+        return import_peft().PeftModel.from_pretrained(model, adapter, is_trainable=False).eval()
+    except Exception as e:
+        raise ConfigError(f"{adapter}: PEFT cannot apply this adapter to {base} ({str(e).splitlines()[0][:300]})") from e
 
 
 class GenaiGenerator(Generator):

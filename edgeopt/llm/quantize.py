@@ -9,7 +9,10 @@ Algorithms (``--algorithm``):
   Hessian of real activations: it needs calibration text (``--calib``; int4).
 
 Embeddings (int4 only, ``--embeddings/--no-embeddings``) become GatherBlockQuantized; the output head
-is quantized unless ``--no-lm-head``. ``--accuracy-level`` is MatMulNBits' compute type on CPU (4: int8
+is quantized unless ``--no-lm-head``. A LoRA kept unmerged (``export --adapter``) is quantized apart
+from the base (``--adapter-weights``, default int8, RTN per block; a factor whose input dimension is
+smaller than the block, LoRA's B of rank < block, stays float): its small update would otherwise be a
+fraction of the base's int4 step. ``--accuracy-level`` is MatMulNBits' compute type on CPU (4: int8
 activations, the fastest; 1: float32, the closest).
 
 Every quantization is measured against its float parent on held-out text (``--eval-data``, else
@@ -52,6 +55,7 @@ class WeightQuantizeConfig(StageConfig):
     embeddings: Optional[bool] = None  # None: int4 with rtn int4, else float (GatherBlockQuantized: int4, rtn only)
     lm_head: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)
+    adapter_weights: Literal["int8", "int4", "float"] = "int8"  # an unmerged LoRA's A/B MatMuls (export --adapter)
     calib: Optional[str] = None  # text for gptq
     calib_samples: int = Field(64, ge=1)
     eval_data: Optional[str] = None  # held-out text: perplexity and agreement
@@ -249,6 +253,40 @@ def _set_accuracy_level(model, level: int) -> None:
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
 
 
+def _quantize_adapter(model, names: list[str], cfg: WeightQuantizeConfig) -> dict:
+    """The unmerged LoRA's MatMuls (``names``), quantized apart from the base with RTN at
+    ``cfg.adapter_weights``. A factor with fewer input rows than ``--block-size`` (LoRA's B: rank rows)
+    gets the smallest block that holds them (16 for ranks up to 16, ...). Edits ``model`` in place."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.name in names and n.input[1] in inits]
+    params = sum(int(numpy_helper.to_array(inits[n.input[1]]).size) for n in nodes)
+    blocks: dict[int, list[str]] = {}
+    if cfg.adapter_weights != "float":
+        for n in nodes:
+            rows = int(inits[n.input[1]].dims[0])
+            bs = cfg.block_size if rows >= cfg.block_size else max(16, 1 << (rows - 1).bit_length())
+            blocks.setdefault(bs, []).append(n.name)
+    bits = 8 if cfg.adapter_weights == "int8" else 4
+    for bs, todo in sorted(blocks.items()):
+        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in todo]
+        with _quiet():
+            q = MatMulNBitsQuantizer(model, block_size=bs, is_symmetric=True, accuracy_level=cfg.accuracy_level or None,
+                                     nodes_to_exclude=others,
+                                     algo_config=DefaultWeightOnlyQuantConfig(block_size=bs, is_symmetric=True, bits=bits,
+                                                                              accuracy_level=cfg.accuracy_level or None,
+                                                                              op_types_to_quantize=("MatMul",)))
+            q.process()
+        done = q.model.model if hasattr(q.model, "model") else q.model
+        if done is not model:
+            model.CopyFrom(done)
+    quantized = sum(len(v) for v in blocks.values())
+    return {"matmuls": len(names), "quantized": quantized, "params": params,
+            "weights": cfg.adapter_weights if quantized else "float", "block_sizes": sorted(blocks)}
+
+
 @stage("quantize-weights")
 def quantize_weights(model: Artifact | str | Path, out: str | Path, config: WeightQuantizeConfig) -> Artifact:
     import onnx
@@ -284,7 +322,10 @@ def quantize_weights(model: Artifact | str | Path, out: str | Path, config: Weig
         heads = [n.name for n in graph.graph.node if n.op_type == "MatMul"][:3]
         raise ConfigError(f"--exclude-nodes {unknown[0]}: no node of that name in {src.name} (MatMul nodes are named "
                           f"like {', '.join(heads)})")
-    exclude = list(cfg.exclude_nodes)
+    lora = [n.name for n in graph.graph.node if n.op_type == "MatMul" and ("/lora_A/" in n.name or "/lora_B/" in n.name)]
+    if "adapter_weights" in cfg.model_fields_set and not lora:
+        raise ConfigError(f"--adapter-weights: {parent.path} has no unmerged LoRA (export the base with --adapter to keep one)")
+    exclude = list(cfg.exclude_nodes) + [n for n in lora if n not in cfg.exclude_nodes]
     if not cfg.lm_head:
         exclude += [n.name for n in graph.graph.node if n.op_type == "MatMul" and "lm_head" in n.name]
     gcfg = json.loads((parent.path / "genai_config.json").read_text())
@@ -310,6 +351,7 @@ def quantize_weights(model: Artifact | str | Path, out: str | Path, config: Weig
             raise ConfigError(f"ONNX Runtime's weight quantizer cannot quantize {src} with {cfg.algorithm} "
                               f"{cfg.weights} ({detail})") from e
     qmodel = q.model.model if hasattr(q.model, "model") else q.model
+    adapter_rec = _quantize_adapter(qmodel, [n for n in lora if n not in cfg.exclude_nodes], cfg) if lora else None
     _set_accuracy_level(qmodel, cfg.accuracy_level)
     counts = {}
     for n in qmodel.graph.node:
@@ -328,6 +370,7 @@ def quantize_weights(model: Artifact | str | Path, out: str | Path, config: Weig
                  "embeddings": "int4" if counts.get("GatherBlockQuantized") else "float",
                  "lm_head": "float" if not cfg.lm_head else cfg.weights, "excluded_nodes": exclude,
                  "matmul_nbits_nodes": counts.get("MatMulNBits", 0), "calibration": calib_source,
+                 **({"adapter_weights": cfg.adapter_weights, "adapter": adapter_rec} if adapter_rec else {}),
                  "tool": "onnxruntime.quantization.matmul_nbits_quantizer"}
         model_info = {**pm.model.model_dump(), "quantization": quant, "precision": cfg.weights}
         manifest = pm.child(stage="quantize-weights", config=cfg.model_dump(), format="genai", model=model_info)

@@ -37,6 +37,8 @@ class ExportConfig(StageConfig):
     # A deployment target: its profile sets the opset, whether ONNX Runtime's fusions (com.microsoft
     # ops) are used, and the dtype, unless given here; the graph is checked to run on its runtime.
     target: Optional[str] = None
+    # Language models: a LoRA adapter folder kept unmerged, as a float side branch (edgeopt/llm/export.py)
+    adapter: Optional[str] = None
 
 
 def apply_target(cfg: ExportConfig) -> ExportConfig:
@@ -69,6 +71,9 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
 
         parent = adopt_hf_folder(parent.path, task=cfg.task)
     pm = parent.manifest
+    if cfg.adapter and not (pm.task == "text-generation" and pm.format == "hf"):
+        raise ConfigError(f"--adapter keeps a LoRA unmerged in a language model's export; {parent.path} is a "
+                          f"{pm.task} {pm.format} model: merge the adapter with `edgeopt merge`, then export")
     if pm.task == "text-generation" and pm.format == "hf":  # ONNX Runtime GenAI's decoder with a KV cache
         if cfg.target is not None or cfg.dtype != "float32":
             raise ConfigError("--target and --dtype do not apply to language models yet: export them without")

@@ -33,6 +33,8 @@ class MergeConfig(StageConfig):
 def _read_adapter(adapter: Path) -> tuple[dict, dict]:
     from safetensors import safe_open
 
+    if adapter.is_file():
+        raise InputError(f"{adapter}: is a file; --adapter takes the folder PEFT's save_pretrained wrote")
     if not adapter.is_dir():
         raise InputError(f"{adapter}: no such adapter folder")
     cfg_path = adapter / "adapter_config.json"
