@@ -214,6 +214,14 @@ def test_qlora_adapter_trained_on_a_4bit_base_merges_into_float_weights(tiny_lms
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
         assert not any("lora" in k for k in f.keys())
     assert not np.allclose(_logits(base, PROMPT), _logits(out, PROMPT), atol=1e-4)  # the training moved it
+    # or kept unmerged: exported beside the float base, checked against the PEFT model, its factors int8
+    p = cli("export", base, "--adapter", tmp_path / "qlora", "-o", tmp_path / "lora-onnx")
+    assert p.returncode == 0, p.stderr
+    assert load_artifact(tmp_path / "lora-onnx").manifest.metrics["check"]["greedy_identical_all"]
+    p = cli("quantize", tmp_path / "lora-onnx", "-o", tmp_path / "lora-int4", "--weights", "int4", "--block-size", "16")
+    assert p.returncode == 0, p.stderr
+    a = load_artifact(tmp_path / "lora-int4").manifest.model.quantization["adapter"]
+    assert a["weights"] == "int8" and a["quantized"] == a["matmuls"] == 12  # A and B of q, v, up in both layers
     # a base stored quantized is refused with the fix
     qdir = tmp_path / "q4"
     q.save_pretrained(qdir)
