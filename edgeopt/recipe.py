@@ -207,6 +207,17 @@ class RunResult:
     stages: list[StageResult] = field(default_factory=list)
 
 
+def _folder_digest(field: str, root: Path) -> dict:
+    """A folder given as a path field: an adapter by the content of its config and weights; any other
+    folder (images, a dataset) by each file's path, size and modification time, not read every run."""
+    from .artifact import sha256_file
+
+    if field == "adapter":
+        return {f.name: sha256_file(f) for f in sorted(root.iterdir())
+                if f.is_file() and (f.name == "adapter_config.json" or f.name.startswith("adapter_model."))}
+    return {str(f.relative_to(root)): [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(root.rglob("*")) if f.is_file()}
+
+
 def _data_digest(cfg: BaseModel) -> dict:
     from .artifact import sha256_file
 
@@ -215,9 +226,8 @@ def _data_digest(cfg: BaseModel) -> dict:
         v = getattr(cfg, k, None)
         if isinstance(v, str) and Path(v).is_file():
             d[k] = sha256_file(Path(v))
-        elif isinstance(v, str) and Path(v).is_dir():  # an adapter or data folder: every file in it
-            root = Path(v)
-            d[k] = {str(f.relative_to(root)): sha256_file(f) for f in sorted(root.rglob("*")) if f.is_file()}
+        elif isinstance(v, str) and Path(v).is_dir():
+            d[k] = _folder_digest(k, Path(v))
     return d
 
 

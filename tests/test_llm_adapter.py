@@ -83,7 +83,7 @@ def test_unmerged_lora_export_then_int4(tiny_lms, family, tmp_path):
     assert res.backend == "onnxruntime-genai" and 1 <= len(res.tokens) <= 6
     p = cli("inspect", int4)
     assert p.returncode == 0, p.stderr
-    assert "adapter: LoRA rank 4 unmerged" in p.stdout and "int8" in p.stdout
+    assert "adapter: LoRA rank 4 unmerged" in p.stdout and "), int8" in p.stdout
 
 
 def test_adapter_weights_float_keeps_the_peft_factors_exactly(tiny_lms, tmp_path):
@@ -124,6 +124,41 @@ def test_adapter_int4_factors(tiny_lms, tmp_path):
     assert {_bits(n) for n in _nodes(out).values() if n.op_type == "MatMulNBits"} == {4}
 
 
+def test_gptq_keeps_the_adapter_and_exclusions_out_of_the_base_pass(tiny_lms, tmp_path):
+    """ONNX Runtime's GPTQ quantizes every MatMul with a weight, whatever nodes_to_exclude says: the LoRA's
+    factors must still come out int8, and --no-lm-head's head float."""
+    base = tiny_lms["llama"]
+    adapter = _lora(base, tmp_path / "adapter")
+    onnx_dir, out = tmp_path / "onnx", tmp_path / "q"
+    assert cli("export", base, "--adapter", adapter, "-o", onnx_dir).returncode == 0
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Organic green tea, 100 bags.\nStainless steel kitchen knife with a 20 cm blade.\n")
+    p = cli("quantize", onnx_dir, "-o", out, "--weights", "int4", "--algorithm", "gptq", "--calib", calib,
+            "--block-size", "16", "--no-lm-head")
+    assert p.returncode == 0, p.stderr
+    nodes = _nodes(out)
+    lora = [n for n in nodes.values() if "/lora_A/" in n.name or "/lora_B/" in n.name]
+    assert lora and all(n.op_type == "MatMulNBits" and _bits(n) == 8 for n in lora)
+    head = [n for n in nodes.values() if "lm_head" in n.name]
+    assert head and all(n.op_type == "MatMul" for n in head)
+    base_nbits = [n for n in nodes.values() if n.op_type == "MatMulNBits" and n not in lora]
+    assert base_nbits and {_bits(n) for n in base_nbits} == {4}
+    q = load_artifact(out).manifest.model.quantization
+    assert q["adapter"]["quantized"] == len(lora) and q["lm_head"] == "float"
+    assert not any("/lora_" in n for n in q["excluded_nodes"])  # they were quantized, int8
+
+
+def test_rank_pattern_and_an_odd_adapter_path(tiny_lms, tmp_path):
+    base = tiny_lms["qwen2"]
+    adapter = _lora(base, tmp_path / "my adapter=v2, final ", target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2},
+                    use_rslora=True)
+    out = tmp_path / "onnx"
+    p = cli("export", base, "--adapter", adapter, "-o", out)
+    assert p.returncode == 0, p.stderr
+    assert "(ranks 2-4, q_proj, v_proj)" in p.stdout
+    assert load_artifact(out).manifest.model.adapter["ranks"] == [2, 4]
+
+
 def _ia3(base: Path, out: Path) -> Path:
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     peft.get_peft_model(model, peft.IA3Config(task_type="CAUSAL_LM", target_modules=["k_proj", "v_proj", "down_proj"],
@@ -141,6 +176,7 @@ def test_bad_adapters_are_refused_in_one_line(tiny_lms, lm_tokenizer, tiny_text_
         "dora": (_lora(base, tmp_path / "dora", target_modules=["q_proj"], use_dora=True), "DoRA"),
         "saved modules": (_lora(base, tmp_path / "save", target_modules=["q_proj"], modules_to_save=["lm_head"]),
                           "modules_to_save"),
+        "bias": (_lora(base, tmp_path / "bias", target_modules=["q_proj"], lora_bias=True), "a LoRA bias"),
         "missing": (tmp_path / "nope", "no such adapter folder"),
     }
     for name, (adapter, words) in cases.items():

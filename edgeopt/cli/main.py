@@ -177,7 +177,9 @@ def export(
                       f"{m.model.family}, KV cache, context {m.model.context})")
         ad = m.model.adapter
         if ad:
-            console.print(f"  LoRA adapter {_p(ad['path'])} kept unmerged (rank {ad['r']}, {', '.join(ad['modules'])})")
+            from ..formats.genai import lora_ranks
+
+            console.print(f"  LoRA adapter {_p(ad['path'])} kept unmerged ({lora_ranks(ad)}, {', '.join(ad['modules'])})")
         console.print(f"  prefill logits: max abs err {c['prefill_max_abs_err']:.2e}; greedy tokens identical to PyTorch "
                       f"{'(the PEFT model) ' if ad else ''}for {c['tokens']} steps on {c['prompts']} prompts")
         return None

@@ -23,6 +23,12 @@ class GenaiModel(ModelInfo):
     adapter: Optional[dict[str, Any]] = None  # export --adapter: the LoRA kept unmerged (path, rank, modules)
 
 
+def lora_ranks(adapter: dict) -> str:
+    """'rank 8', or 'ranks 2-8' for an adapter with a rank_pattern."""
+    ranks = adapter.get("ranks") or [adapter.get("r")]
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {min(ranks)}-{max(ranks)}"
+
+
 class GenaiHandler(FormatHandler):
     name = "genai"
     model = GenaiModel
@@ -57,6 +63,6 @@ class GenaiHandler(FormatHandler):
             out["quantization"] = f"{q.get('weights')} weights, {q.get('algorithm')}, block {q.get('block_size')}"
         if info.adapter:
             a = info.adapter
-            out["adapter"] = (f"LoRA rank {a.get('r')} unmerged ({', '.join(a.get('modules') or [])}), "
-                              f"{(info.quantization or {}).get('adapter_weights', 'float')}")
+            out["adapter"] = (f"LoRA {lora_ranks(a)} unmerged ({', '.join(a.get('modules') or [])}), "
+                              f"{((info.quantization or {}).get('adapter') or {}).get('weights', 'float')}")
         return {k: v for k, v in out.items() if v is not None}

@@ -17,8 +17,7 @@ adapts (``y = W x + B (A x)``: the builder's ``lora_A``/``lora_B`` MatMuls), and
 the PEFT model (base plus adapter). ``quantize --weights int4`` then rounds the base weights to int4 and
 the small adapter factors to int8 (``--adapter-weights``), so the adapter's update is not lost in the
 base's int4 rounding: a LoRA delta is typically a fraction of one int4 step of the weight it adapts, and
-merged into it most of it rounds away (benchmarks/RESULTS.md). It suits QLoRA adapters best, which were
-trained against a quantized base in the first place.
+merged into it most of it rounds away (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -72,9 +71,15 @@ def read_lora(adapter: Union[str, Path]) -> tuple[Path, dict, dict]:
     task_type = str(acfg.get("task_type") or "").upper()
     if task_type and task_type != "CAUSAL_LM":
         raise ConfigError(f"{path}: a {task_type} adapter does not fit a language model; it needs a CAUSAL_LM adapter")
-    for key, why in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save")):
+    # LoRA variants the builder's make_matmul_lora does not implement (it writes B (A x) and nothing else)
+    for key, why in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save"), ("lora_bias", "a LoRA bias"),
+                     ("use_qalora", "QALoRA"), ("layer_replication", "layer_replication"),
+                     ("alora_invocation_tokens", "aLoRA"), ("target_parameters", "target_parameters"),
+                     ("use_bdlora", "BD-LoRA"), ("trainable_token_indices", "trainable tokens")):
         if acfg.get(key):
             raise ConfigError(f"{path}: {why} cannot be kept unmerged by ONNX Runtime GenAI's builder; {fix}")
+    if any(k.endswith(".lora_B.bias") or k.endswith(".lora_A.bias") for k in shapes):
+        raise ConfigError(f"{path}: a LoRA bias cannot be kept unmerged by ONNX Runtime GenAI's builder; {fix}")
     others = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in shapes if ".lora_" in k} - set(LORA_MODULES))
     if others or any(".lora_" not in k for k in shapes):
         what = f"adapts {', '.join(others)}" if others else "saves whole modules"
@@ -82,11 +87,34 @@ def read_lora(adapter: Union[str, Path]) -> tuple[Path, dict, dict]:
     return path, acfg, shapes
 
 
-def build(src: Path, dst: Path, precision: str = "fp32", extra: Union[dict, None] = None) -> None:
-    """Run the model builder on a checkpoint folder into ``dst`` (a subprocess: it is a CLI)."""
+def _fits(folder: Path, config, shapes: dict, adapter: Path) -> None:
+    """The adapter's modules and shapes against the base's, on a weightless (meta-device) model: says which
+    modules differ before anything is loaded or built."""
+    import torch
+    import transformers
+
+    from ..stages.merge import _check_fits
+
+    with torch.device("meta"):
+        try:
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        except Exception:  # the real load (the reference, after the build) reports it with its fix
+            return
+    _check_fits(model, shapes, adapter)
+
+
+def build(src: Path, dst: Path, precision: str = "fp32", extra: Union[dict, None] = None,
+          adapter: Union[Path, None] = None) -> None:
+    """Run the model builder on a checkpoint folder into ``dst`` (a subprocess: it is a CLI), with
+    ``adapter`` (a LoRA folder) kept unmerged."""
     with tempfile.TemporaryDirectory(prefix="edgeopt-genai-cache-") as cache:
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(src), "-i", str(src), "-o", str(dst),
                "-p", precision, "-e", "cpu", "-c", cache]
+        extra = dict(extra or {})
+        if adapter is not None:  # a plain name: the builder splits KEY=VALUE options and strips the value
+            link = Path(cache) / "adapter"
+            link.symlink_to(adapter.resolve(), target_is_directory=True)
+            extra["adapter_path"] = str(link)
         if extra:
             cmd += ["--extra_options", *[f"{k}={v}" for k, v in extra.items()]]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -147,15 +175,18 @@ def export_lm(parent: Artifact, out, cfg) -> Artifact:
         if path.resolve().is_relative_to(parent.path.resolve()):
             raise ConfigError(f"--adapter {cfg.adapter}: lies inside the model folder {parent.path}; give the base "
                               "checkpoint and the adapter folder separately")
-        adapter = {"path": str(path.resolve()), "peft_type": "LORA", "r": acfg.get("r"), "lora_alpha": acfg.get("lora_alpha"),
+        _fits(parent.path, config, shapes, path)
+        ranks = sorted({s[0] for k, s in shapes.items() if ".lora_A." in k})
+        adapter = {"path": str(path.resolve()), "peft_type": "LORA", "r": acfg.get("r"), "ranks": ranks,
+                   "lora_alpha": acfg.get("lora_alpha"),
                    "use_rslora": bool(acfg.get("use_rslora")), "base_model_name_or_path": acfg.get("base_model_name_or_path"),
                    "modules": sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in shapes}),
                    "params": int(sum(math.prod(s) for s in shapes.values())), "form": "unmerged: float lora_A/lora_B MatMuls",
                    "config": acfg}
-    # the reference first: it checks that the adapter fits the base (which modules differ), before any build
-    ref = TorchGenerator(parent, adapter=Path(adapter["path"]) if adapter else None)
     with write_artifact(out, parent, cfg) as tmp:
-        build(parent.path, tmp, "fp32", {"adapter_path": adapter["path"]} if adapter else None)
+        build(parent.path, tmp, "fp32", adapter=Path(adapter["path"]) if adapter else None)
+        # the PyTorch reference once the builder has exited (both at once would double the peak memory)
+        ref = TorchGenerator(parent, adapter=Path(adapter["path"]) if adapter else None)
         model = {"format": "genai", "file": "model.onnx", "precision": "fp32", "family": family,
                  "context": int(pm.model.model_extra.get("context") or getattr(config, "max_position_embeddings", 0) or 0) or None,
                  "builder": {"tool": "onnxruntime-genai model builder", "version": _builder_version(), "precision": "fp32",

@@ -10,9 +10,9 @@ Algorithms (``--algorithm``):
 
 Embeddings (int4 only, ``--embeddings/--no-embeddings``) become GatherBlockQuantized; the output head
 is quantized unless ``--no-lm-head``. A LoRA kept unmerged (``export --adapter``) is quantized apart
-from the base (``--adapter-weights``, default int8, RTN per block; a factor whose input dimension is
-smaller than the block, LoRA's B of rank < block, stays float): its small update would otherwise be a
-fraction of the base's int4 step. ``--accuracy-level`` is MatMulNBits' compute type on CPU (4: int8
+from the base (``--adapter-weights``, default int8, RTN per block; a factor with fewer input rows than
+the block, LoRA's B, gets the smallest power-of-two block from 16 that holds them): its small update
+would otherwise be a fraction of the base's int4 step. ``--accuracy-level`` is MatMulNBits' compute type on CPU (4: int8
 activations, the fastest; 1: float32, the closest).
 
 Every quantization is measured against its float parent on held-out text (``--eval-data``, else
@@ -253,6 +253,42 @@ def _set_accuracy_level(model, level: int) -> None:
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
 
 
+HIDDEN = "edgeopt_hidden_weight/"
+
+
+def _hide_weights(model, names: list[str]) -> list[str]:
+    """The weights of the MatMuls ``names`` moved from initializers into Constant nodes, so that no
+    quantizer sees them (ONNX Runtime's GPTQ quantizes every MatMul with an initializer weight, whatever
+    ``nodes_to_exclude`` says); a weight shared with a node that is not excluded stays. Undo with
+    _restore_weights."""
+    from onnx import helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, set] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, set()).add(n.name)
+    todo = {n.input[1] for n in model.graph.node if n.name in names and len(n.input) > 1 and n.input[1] in inits
+            and users[n.input[1]] <= set(names)}
+    consts = []
+    for w in sorted(todo):
+        consts.append(helper.make_node("Constant", [], [w], name=HIDDEN + w, value=inits[w]))
+        model.graph.initializer.remove(inits[w])
+    for c in reversed(consts):
+        model.graph.node.insert(0, c)
+    return sorted(todo)
+
+
+def _restore_weights(model) -> None:
+    """Undo _hide_weights: the hidden weights back into initializers."""
+    nodes = [n for n in model.graph.node if n.op_type == "Constant" and n.name.startswith(HIDDEN)]
+    for n in nodes:
+        t = next(a.t for a in n.attribute if a.name == "value")
+        t.name = n.output[0]
+        model.graph.initializer.append(t)
+        model.graph.node.remove(n)
+
+
 def _quantize_adapter(model, names: list[str], cfg: WeightQuantizeConfig) -> dict:
     """The unmerged LoRA's MatMuls (``names``), quantized apart from the base with RTN at
     ``cfg.adapter_weights``. A factor with fewer input rows than ``--block-size`` (LoRA's B: rank rows)
@@ -261,7 +297,11 @@ def _quantize_adapter(model, names: list[str], cfg: WeightQuantizeConfig) -> dic
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     inits = {i.name: i for i in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.name in names and n.input[1] in inits]
+    nodes = [n for n in model.graph.node if n.name in names and n.op_type == "MatMul" and n.input[1] in inits]
+    if len(nodes) != len(names):
+        missing = sorted(set(names) - {n.name for n in nodes})
+        raise ConfigError(f"the unmerged LoRA's {missing[0]} is no longer a float MatMul after the base's quantization; "
+                          "nothing was written")
     params = sum(int(numpy_helper.to_array(inits[n.input[1]]).size) for n in nodes)
     blocks: dict[int, list[str]] = {}
     if cfg.adapter_weights != "float":
@@ -273,12 +313,17 @@ def _quantize_adapter(model, names: list[str], cfg: WeightQuantizeConfig) -> dic
     for bs, todo in sorted(blocks.items()):
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in todo]
         with _quiet():
-            q = MatMulNBitsQuantizer(model, block_size=bs, is_symmetric=True, accuracy_level=cfg.accuracy_level or None,
-                                     nodes_to_exclude=others,
-                                     algo_config=DefaultWeightOnlyQuantConfig(block_size=bs, is_symmetric=True, bits=bits,
-                                                                              accuracy_level=cfg.accuracy_level or None,
-                                                                              op_types_to_quantize=("MatMul",)))
-            q.process()
+            try:
+                q = MatMulNBitsQuantizer(model, block_size=bs, is_symmetric=True, accuracy_level=cfg.accuracy_level or None,
+                                         nodes_to_exclude=others,
+                                         algo_config=DefaultWeightOnlyQuantConfig(block_size=bs, is_symmetric=True, bits=bits,
+                                                                                  accuracy_level=cfg.accuracy_level or None,
+                                                                                  op_types_to_quantize=("MatMul",)))
+                q.process()
+            except Exception as e:
+                detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise ConfigError(f"ONNX Runtime's weight quantizer cannot quantize the unmerged LoRA to "
+                                  f"{cfg.adapter_weights} ({detail})") from e
         done = q.model.model if hasattr(q.model, "model") else q.model
         if done is not model:
             model.CopyFrom(done)
@@ -340,6 +385,7 @@ def quantize_weights(model: Artifact | str | Path, out: str | Path, config: Weig
         calib_feeds = [dec.feeds([int(i) for i in tok(t, truncation=True, max_length=context)["input_ids"]]) for t in texts]
         calib_feeds = [f for f in calib_feeds if f["input_ids"].shape[1]]
         del dec
+    _hide_weights(graph, exclude)  # ONNX Runtime's GPTQ path ignores nodes_to_exclude
     with _quiet():
         try:
             q = MatMulNBitsQuantizer(graph, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
@@ -351,6 +397,12 @@ def quantize_weights(model: Artifact | str | Path, out: str | Path, config: Weig
             raise ConfigError(f"ONNX Runtime's weight quantizer cannot quantize {src} with {cfg.algorithm} "
                               f"{cfg.weights} ({detail})") from e
     qmodel = q.model.model if hasattr(q.model, "model") else q.model
+    _restore_weights(qmodel)
+    left = {n.name for n in qmodel.graph.node if n.op_type == "MatMul"}
+    lost = [n for n in exclude if n not in left]
+    if lost:
+        raise ConfigError(f"ONNX Runtime's {cfg.algorithm} quantizer quantized {lost[0]}, which was to stay out of the "
+                          "base's quantization; nothing was written")
     adapter_rec = _quantize_adapter(qmodel, [n for n in lora if n not in cfg.exclude_nodes], cfg) if lora else None
     _set_accuracy_level(qmodel, cfg.accuracy_level)
     counts = {}
@@ -368,7 +420,8 @@ def quantize_weights(model: Artifact | str | Path, out: str | Path, config: Weig
         quant = {"weights": cfg.weights, "algorithm": cfg.algorithm, "block_size": cfg.block_size,
                  "accuracy_level": cfg.accuracy_level, "symmetric": cfg.symmetric if cfg.algorithm == "rtn" else None,
                  "embeddings": "int4" if counts.get("GatherBlockQuantized") else "float",
-                 "lm_head": "float" if not cfg.lm_head else cfg.weights, "excluded_nodes": exclude,
+                 "lm_head": "float" if not cfg.lm_head else cfg.weights,
+                 "excluded_nodes": [n for n in exclude if n not in lora or n in cfg.exclude_nodes],  # kept float
                  "matmul_nbits_nodes": counts.get("MatMulNBits", 0), "calibration": calib_source,
                  **({"adapter_weights": cfg.adapter_weights, "adapter": adapter_rec} if adapter_rec else {}),
                  "tool": "onnxruntime.quantization.matmul_nbits_quantizer"}
