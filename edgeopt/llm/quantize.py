@@ -253,6 +253,20 @@ def _set_accuracy_level(model, level: int) -> None:
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
 
 
+def _run_quantizer(model, what: str, **kw):
+    """ONNX Runtime's MatMulNBitsQuantizer on ``model`` (quietly); its failure is one line naming ``what``."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    with _quiet():
+        try:
+            q = MatMulNBitsQuantizer(model, **kw)
+            q.process()
+        except Exception as e:
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ConfigError(f"ONNX Runtime's weight quantizer cannot quantize {what} ({detail})") from e
+    return q.model.model if hasattr(q.model, "model") else q.model
+
+
 HIDDEN = "edgeopt_hidden_weight/"
 
 
@@ -294,7 +308,7 @@ def _quantize_adapter(model, names: list[str], cfg: WeightQuantizeConfig) -> dic
     ``cfg.adapter_weights``. A factor with fewer input rows than ``--block-size`` (LoRA's B: rank rows)
     gets the smallest block that holds them (16 for ranks up to 16, ...). Edits ``model`` in place."""
     from onnx import numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig
 
     inits = {i.name: i for i in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.name in names and n.op_type == "MatMul" and n.input[1] in inits]
@@ -312,19 +326,10 @@ def _quantize_adapter(model, names: list[str], cfg: WeightQuantizeConfig) -> dic
     bits = 8 if cfg.adapter_weights == "int8" else 4
     for bs, todo in sorted(blocks.items()):
         others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in todo]
-        with _quiet():
-            try:
-                q = MatMulNBitsQuantizer(model, block_size=bs, is_symmetric=True, accuracy_level=cfg.accuracy_level or None,
-                                         nodes_to_exclude=others,
-                                         algo_config=DefaultWeightOnlyQuantConfig(block_size=bs, is_symmetric=True, bits=bits,
-                                                                                  accuracy_level=cfg.accuracy_level or None,
-                                                                                  op_types_to_quantize=("MatMul",)))
-                q.process()
-            except Exception as e:
-                detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                raise ConfigError(f"ONNX Runtime's weight quantizer cannot quantize the unmerged LoRA to "
-                                  f"{cfg.adapter_weights} ({detail})") from e
-        done = q.model.model if hasattr(q.model, "model") else q.model
+        algo = DefaultWeightOnlyQuantConfig(block_size=bs, is_symmetric=True, bits=bits, accuracy_level=cfg.accuracy_level or None,
+                                            op_types_to_quantize=("MatMul",))
+        done = _run_quantizer(model, f"the unmerged LoRA to {cfg.adapter_weights}", block_size=bs, is_symmetric=True,
+                              accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=others, algo_config=algo)
         if done is not model:
             model.CopyFrom(done)
     quantized = sum(len(v) for v in blocks.values())
@@ -335,7 +340,6 @@ def _quantize_adapter(model, names: list[str], cfg: WeightQuantizeConfig) -> dic
 @stage("quantize-weights")
 def quantize_weights(model: Artifact | str | Path, out: str | Path, config: WeightQuantizeConfig) -> Artifact:
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     cfg = config
     parent = model if isinstance(model, Artifact) else load_artifact(model)
@@ -386,17 +390,9 @@ def quantize_weights(model: Artifact | str | Path, out: str | Path, config: Weig
         calib_feeds = [f for f in calib_feeds if f["input_ids"].shape[1]]
         del dec
     _hide_weights(graph, exclude)  # ONNX Runtime's GPTQ path ignores nodes_to_exclude
-    with _quiet():
-        try:
-            q = MatMulNBitsQuantizer(graph, block_size=cfg.block_size, is_symmetric=cfg.symmetric,
-                                     accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=exclude,
-                                     algo_config=_quantizer_config(cfg, ops, calib_feeds))
-            q.process()
-        except Exception as e:
-            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise ConfigError(f"ONNX Runtime's weight quantizer cannot quantize {src} with {cfg.algorithm} "
-                              f"{cfg.weights} ({detail})") from e
-    qmodel = q.model.model if hasattr(q.model, "model") else q.model
+    qmodel = _run_quantizer(graph, f"{src} with {cfg.algorithm} {cfg.weights}", block_size=cfg.block_size,
+                            is_symmetric=cfg.symmetric, accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=exclude,
+                            algo_config=_quantizer_config(cfg, ops, calib_feeds))
     _restore_weights(qmodel)
     left = {n.name for n in qmodel.graph.node if n.op_type == "MatMul"}
     lost = [n for n in exclude if n not in left]
