@@ -72,6 +72,9 @@ def export(model: Artifact | str | Path, out: str | Path, config: Optional[Expor
         parent = adopt_hf_folder(parent.path, task=cfg.task)
     pm = parent.manifest
     if cfg.adapter and not (pm.task == "text-generation" and pm.format == "hf"):
+        if pm.task == "text-generation":
+            raise ConfigError(f"--adapter: {parent.path} is already exported ({pm.format}); give the Hugging Face base "
+                              "checkpoint it came from, with --adapter")
         raise ConfigError(f"--adapter keeps a LoRA unmerged in a language model's export; {parent.path} is a "
                           f"{pm.task} {pm.format} model: merge the adapter with `edgeopt merge`, then export")
     if pm.task == "text-generation" and pm.format == "hf":  # ONNX Runtime GenAI's decoder with a KV cache
