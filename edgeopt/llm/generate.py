@@ -209,7 +209,6 @@ class TorchGenerator(Generator):
 
 
 def _with_adapter(model, adapter: Path, base: Path):
-    from ..errors import ConfigError
     from ..stages._torch_common import import_peft
     from ..stages.merge import _check_fits, _read_adapter
 
