@@ -57,6 +57,11 @@ def _prompts(cfg) -> list[str]:
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj")
 
 
+def lora_modules(shapes: dict) -> list[str]:
+    """The adapted modules' short names (q_proj, ...) of an adapter's weights."""
+    return sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in shapes if ".lora_" in k})
+
+
 def read_lora(adapter: Union[str, Path]) -> tuple[Path, dict, dict]:
     """The adapter folder, its config and weight shapes; refused in one line unless the builder can keep it
     unmerged (plain LoRA on the attention and MLP projections)."""
@@ -80,7 +85,7 @@ def read_lora(adapter: Union[str, Path]) -> tuple[Path, dict, dict]:
             raise ConfigError(f"{path}: {why} cannot be kept unmerged by ONNX Runtime GenAI's builder; {fix}")
     if any(k.endswith(".lora_B.bias") or k.endswith(".lora_A.bias") for k in shapes):
         raise ConfigError(f"{path}: a LoRA bias cannot be kept unmerged by ONNX Runtime GenAI's builder; {fix}")
-    others = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in shapes if ".lora_" in k} - set(LORA_MODULES))
+    others = sorted(set(lora_modules(shapes)) - set(LORA_MODULES))
     if others or any(".lora_" not in k for k in shapes):
         what = f"adapts {', '.join(others)}" if others else "saves whole modules"
         raise ConfigError(f"{path}: the adapter {what}; an unmerged LoRA can only adapt {', '.join(LORA_MODULES)}: {fix}")
@@ -180,7 +185,7 @@ def export_lm(parent: Artifact, out, cfg) -> Artifact:
         adapter = {"path": str(path.resolve()), "peft_type": "LORA", "r": acfg.get("r"), "ranks": ranks,
                    "lora_alpha": acfg.get("lora_alpha"),
                    "use_rslora": bool(acfg.get("use_rslora")), "base_model_name_or_path": acfg.get("base_model_name_or_path"),
-                   "modules": sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in shapes}),
+                   "modules": lora_modules(shapes),
                    "params": int(sum(math.prod(s) for s in shapes.values())), "form": "unmerged: float lora_A/lora_B MatMuls",
                    "config": acfg}
     with write_artifact(out, parent, cfg) as tmp:

@@ -209,11 +209,9 @@ class TorchGenerator(Generator):
 
 
 def _with_adapter(model, adapter: Path, base: Path):
+    """The PEFT model of ``model`` and a LoRA folder (export_lm has checked that the adapter fits)."""
     from ..stages._torch_common import import_peft
-    from ..stages.merge import _check_fits, _read_adapter
 
-    _, shapes = _read_adapter(adapter)
-    _check_fits(model, shapes, adapter)  # names the modules that differ
     try:
         return import_peft().PeftModel.from_pretrained(model, adapter, is_trainable=False).eval()
     except Exception as e:
